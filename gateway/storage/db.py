@@ -1,0 +1,223 @@
+"""The database handle: engine set-up for SQLite and PostgreSQL, reads, and group-committed writes.
+
+Every use case that changes data runs as one *unit of work*: ``await db.write(fn)`` where ``fn`` gets
+an :class:`AsyncConnection` inside a transaction and does only database work. ``write`` returns after
+the transaction is committed (SPEC 1: an accepted request is on disk before the client hears yes).
+
+SQLite allows one writer at a time and each commit costs an fsync, so there one writer task runs the
+units that arrive together in a single transaction (group commit), each inside its own SAVEPOINT: a
+unit that raises is rolled back alone and its caller gets the exception, the others still commit. On
+PostgreSQL each unit simply gets its own transaction from the pool; the server handles concurrency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Unit = Callable[[AsyncConnection], Awaitable[T]]
+
+#: Units taken into one SQLite transaction at most; bounds the latency a unit adds to its batch mates.
+GROUP_COMMIT_MAX = 256
+
+
+def make_engine(
+    url: str,
+    *,
+    pool_size: int = 10,
+    busy_timeout_ms: int = 5000,
+    pg_schema: str | None = None,
+    null_pool: bool = False,
+) -> AsyncEngine:
+    """Build the async engine for ``url`` with the settings each backend needs.
+
+    SQLite: WAL (readers never block the writer), foreign keys on, a busy timeout so several
+    processes can share the file, ``synchronous=FULL`` so a committed transaction survives power loss,
+    and transactions begun by us (``BEGIN`` / ``BEGIN IMMEDIATE``) instead of by the driver.
+    PostgreSQL: ``pg_schema`` puts every table in that schema (tests use a fresh one per run).
+    """
+    parsed = make_url(url)
+    kwargs: dict[str, Any] = {}
+    if parsed.get_backend_name() == "sqlite":
+        db_path = parsed.database
+        if db_path and db_path != ":memory:":
+            Path(db_path).parent.mkdir(parents=True, exist_ok=True)
+        kwargs["connect_args"] = {"timeout": busy_timeout_ms / 1000}
+        if null_pool:
+            kwargs["poolclass"] = NullPool
+        engine = create_async_engine(url, **kwargs)
+        _setup_sqlite(engine, busy_timeout_ms)
+        return engine
+    if parsed.get_backend_name() == "postgresql":
+        connect_args: dict[str, Any] = {}
+        if pg_schema:
+            connect_args["server_settings"] = {"search_path": pg_schema}
+        kwargs["connect_args"] = connect_args
+        if null_pool:
+            kwargs["poolclass"] = NullPool
+        else:
+            kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+        return create_async_engine(url, **kwargs)
+    raise ValueError(f"unsupported database url scheme: {parsed.drivername}")
+
+
+def _setup_sqlite(engine: AsyncEngine, busy_timeout_ms: int) -> None:
+    sync_engine = engine.sync_engine
+
+    @event.listens_for(sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event below emit BEGIN; pysqlite's implicit transactions would
+        # defer the write lock and make two writers deadlock (SQLITE_BUSY without waiting).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.close()
+
+    @event.listens_for(sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        # The writer takes the write lock up front (BEGIN IMMEDIATE) so the busy timeout applies.
+        if conn.get_execution_options().get("sqlite_immediate"):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            conn.exec_driver_sql("BEGIN")
+
+
+@dataclass
+class _Pending:
+    unit: Unit[Any]
+    future: asyncio.Future[Any]
+
+
+@dataclass
+class Database:
+    """Reads and unit-of-work writes over one engine. Build with :meth:`open`, end with :meth:`close`."""
+
+    engine: AsyncEngine
+    group_commit: bool
+    _queue: asyncio.Queue[_Pending | None] = field(default_factory=asyncio.Queue)
+    _writer: asyncio.Task[None] | None = None
+    _closing: bool = False
+    batches: int = 0  # transactions committed by the group writer (for /metrics and benchmarks)
+
+    @classmethod
+    async def open(
+        cls,
+        url: str,
+        *,
+        pool_size: int = 10,
+        busy_timeout_ms: int = 5000,
+        pg_schema: str | None = None,
+        group_commit: bool | None = None,
+    ) -> Database:
+        engine = make_engine(url, pool_size=pool_size, busy_timeout_ms=busy_timeout_ms, pg_schema=pg_schema)
+        if group_commit is None:
+            group_commit = engine.dialect.name == "sqlite"
+        db = cls(engine=engine, group_commit=group_commit)
+        if group_commit:
+            db._writer = asyncio.create_task(db._write_loop(), name="db-group-writer")
+        return db
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    async def write(self, unit: Unit[T]) -> T:
+        """Run ``unit`` in a transaction; return its result once committed, or raise its error."""
+        if self._closing:
+            raise RuntimeError("database is closing")
+        if not self.group_commit:
+            async with self.engine.begin() as conn:
+                return await unit(conn)
+        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Pending(unit, fut))
+        return await fut
+
+    async def read(self, unit: Unit[T]) -> T:
+        """Run a read-only ``unit`` on a pooled connection (its transaction is rolled back)."""
+        async with self.engine.connect() as conn:
+            return await unit(conn)
+
+    async def ping(self) -> None:
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    async def _write_loop(self) -> None:
+        stop = False
+        while not stop:
+            first = await self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < GROUP_COMMIT_MAX:
+                try:
+                    item = self._queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    break
+                if item is None:  # close(): finish this batch, then stop
+                    stop = True
+                    break
+                batch.append(item)
+            try:
+                await self._run_batch(batch)
+            except Exception as exc:  # the commit itself failed: nobody in the batch was committed
+                log.exception("group commit failed", extra={"units": len(batch)})
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(exc)
+
+    async def _run_batch(self, batch: list[_Pending]) -> None:
+        outcomes: list[tuple[_Pending, bool, Any]] = []
+        async with self.engine.connect() as conn:
+            await conn.execution_options(sqlite_immediate=True)
+            async with conn.begin():
+                for p in batch:
+                    if p.future.cancelled():
+                        continue
+                    savepoint = await conn.begin_nested()
+                    try:
+                        result = await p.unit(conn)
+                    except BaseException as exc:  # noqa: BLE001 - handed to the unit's caller
+                        if savepoint.is_active:
+                            await savepoint.rollback()
+                        outcomes.append((p, False, exc))
+                        if not isinstance(exc, Exception):
+                            raise
+                    else:
+                        await savepoint.commit()
+                        outcomes.append((p, True, result))
+        self.batches += 1
+        # Only now, after COMMIT, do the callers learn their outcome.
+        for p, ok, value in outcomes:
+            if p.future.done():
+                continue
+            if ok:
+                p.future.set_result(value)
+            else:
+                p.future.set_exception(value)
+
+    async def close(self) -> None:
+        """Finish queued writes, then dispose of the engine."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._writer is not None:
+            await self._queue.put(None)
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+        await self.engine.dispose()

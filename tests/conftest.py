@@ -1,0 +1,98 @@
+"""Shared fixtures. Every storage test runs on SQLite and on PostgreSQL (``db_target``).
+
+PostgreSQL comes from ``GATEWAY_TEST_PG_URL`` (default: the local server, database ``test``); each test
+run migrates a fresh schema ``gw_test_<random>`` once and drops it at the end; tests truncate it.
+SQLite: one migrated template file per run, copied for each test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import secrets
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from gateway.storage.db import Database, make_engine
+from gateway.storage.migrate import upgrade
+from gateway.storage.tables import metadata
+
+PG_URL = os.environ.get("GATEWAY_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
+
+
+@dataclass(frozen=True)
+class DbTarget:
+    """Where a test's database lives: pass ``url`` and ``pg_schema`` to Database.open / make_engine."""
+
+    backend: str
+    url: str
+    pg_schema: str | None = None
+
+    def env(self) -> dict[str, str]:
+        """Environment for a child process (gateway CLI, worker) that should use this database."""
+        env = {"GATEWAY_DATABASE__URL": self.url}
+        if self.pg_schema:
+            env["GATEWAY_TEST_PG_SCHEMA"] = self.pg_schema
+        return env
+
+
+def run_blocking(coro: Any) -> Any:
+    """Run a coroutine to completion on a private loop (session fixtures are set up from async ones)."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("sqlite-template") / "template.sqlite3"
+    run_blocking(upgrade(f"sqlite+aiosqlite:///{path}"))
+    return path
+
+
+@pytest.fixture(scope="session")
+def pg_schema() -> Iterator[str]:
+    schema = f"gw_test_{secrets.token_hex(4)}"
+    run_blocking(upgrade(PG_URL, pg_schema=schema))
+    yield schema
+
+    async def _drop() -> None:
+        engine = make_engine(PG_URL, null_pool=True)
+        async with engine.begin() as conn:
+            await conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        await engine.dispose()
+
+    run_blocking(_drop())
+
+
+async def _truncate_pg(schema: str) -> None:
+    engine = make_engine(PG_URL, null_pool=True, pg_schema=schema)
+    names = ", ".join(f'"{schema}"."{t.name}"' for t in metadata.sorted_tables)
+    async with engine.begin() as conn:
+        await conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+    await engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def db_target(request: pytest.FixtureRequest, tmp_path: Path) -> DbTarget:
+    if request.param == "sqlite":
+        template: Path = request.getfixturevalue("sqlite_template")
+        path = tmp_path / "gateway.sqlite3"
+        shutil.copyfile(template, path)
+        return DbTarget("sqlite", f"sqlite+aiosqlite:///{path}")
+    schema: str = request.getfixturevalue("pg_schema")
+    await _truncate_pg(schema)
+    return DbTarget("postgresql", PG_URL, schema)
+
+
+@pytest.fixture
+async def db(db_target: DbTarget) -> AsyncIterator[Database]:
+    database = await Database.open(db_target.url, pg_schema=db_target.pg_schema)
+    yield database
+    await database.close()
