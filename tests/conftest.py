@@ -14,12 +14,17 @@ import secrets
 import shutil
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import text
 
+from gateway.http.app import build_app
+from gateway.http.context import ApiContext
+from gateway.services.contacts import ContactService
+from gateway.services.tenants import TenantService
 from gateway.storage.db import Database, make_engine
 from gateway.storage.migrate import upgrade
 from gateway.storage.tables import metadata
@@ -39,7 +44,7 @@ class DbTarget:
         """Environment for a child process (gateway CLI, worker) that should use this database."""
         env = {"GATEWAY_DATABASE__URL": self.url}
         if self.pg_schema:
-            env["GATEWAY_TEST_PG_SCHEMA"] = self.pg_schema
+            env["GATEWAY_DATABASE__SCHEMA"] = self.pg_schema
         return env
 
 
@@ -96,3 +101,43 @@ async def db(db_target: DbTarget) -> AsyncIterator[Database]:
     database = await Database.open(db_target.url, pg_schema=db_target.pg_schema)
     yield database
     await database.close()
+
+
+ADMIN_TOKEN = "test-admin-token-0123456789"
+MAIL_DOMAIN = "mail.example.test"
+
+
+class FakeClock:
+    """A clock tests move by hand."""
+
+    def __init__(self, now: datetime | None = None) -> None:
+        self.now = now or datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def api_context(db: Database, clock: FakeClock) -> ApiContext:
+    return ApiContext(
+        db=db,
+        tenants=TenantService(db, clock, mail_domain=MAIL_DOMAIN, default_quota_bytes=100 * 2**20),
+        contacts=ContactService(db, clock, default_region="PL"),
+        admin_token=ADMIN_TOKEN,
+    )
+
+
+@pytest.fixture
+async def api(aiohttp_client: Any, api_context: ApiContext) -> Any:
+    """An aiohttp test client on the real app over the test database, with admin helpers."""
+    client = await aiohttp_client(build_app(api_context))
+    client.admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    return client

@@ -192,7 +192,7 @@ class Database:
                     savepoint = await conn.begin_nested()
                     try:
                         result = await p.unit(conn)
-                    except BaseException as exc:  # noqa: BLE001 - handed to the unit's caller
+                    except BaseException as exc:
                         if savepoint.is_active:
                             await savepoint.rollback()
                         outcomes.append((p, False, exc))

@@ -1,0 +1,91 @@
+"""The aiohttp application: routes, error shape, auth, request metrics."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import Counter, Histogram
+
+from gateway.http import routes_contacts, routes_ops, routes_tenants  # noqa: F401 - they register routes
+from gateway.http.context import API, CTX, ApiContext
+from gateway.http.errors import ApiError, error_response, from_service_error
+from gateway.http.routing import Auth, Principal
+from gateway.services.errors import ServiceError
+
+log = logging.getLogger(__name__)
+
+REQUESTS = web.AppKey("requests_total", Counter)
+LATENCY = web.AppKey("request_seconds", Histogram)
+
+
+def build_app(ctx: ApiContext, *, max_body_bytes: int = 1 << 20) -> web.Application:
+    app = web.Application(client_max_size=max_body_bytes, middlewares=[_errors_and_metrics])
+    app[CTX] = ctx
+    app[REQUESTS] = Counter(
+        "gateway_http_requests", "HTTP requests", ["route", "method", "status"], registry=ctx.registry
+    )
+    app[LATENCY] = Histogram(
+        "gateway_http_request_seconds", "HTTP request latency", ["route"], registry=ctx.registry
+    )
+    API.install(app, _authenticate)
+    return app
+
+
+async def _authenticate(request: web.Request, needed: Auth) -> Principal | None:
+    ctx = request.app[CTX]
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        return None
+    if ctx.admin_token and hmac.compare_digest(token.encode(), ctx.admin_token.encode()):
+        return Principal(is_admin=True)
+    tenant_id = await ctx.tenants.authenticate(token)
+    return Principal(is_admin=False, tenant_id=tenant_id) if tenant_id else None
+
+
+@web.middleware
+async def _errors_and_metrics(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    started = time.perf_counter()
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    response = await _render_errors(request, handler)
+    request.app[REQUESTS].labels(route, request.method, str(response.status)).inc()
+    request.app[LATENCY].labels(route).observe(time.perf_counter() - started)
+    return response
+
+
+async def _render_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        headers = {"WWW-Authenticate": 'Bearer realm="gateway"'} if exc.status == 401 else None
+        return error_response(exc.status, exc.code, exc.message, exc.details, headers)
+    except ServiceError as exc:
+        mapped = from_service_error(exc)
+        if mapped is None:
+            log.exception("unmapped service error", extra={"path": request.path})
+            return error_response(500, "internal_error", "internal error")
+        return error_response(mapped.status, mapped.code, mapped.message, mapped.details)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {
+            404: "not_found",
+            405: "method_not_allowed",
+            413: "body_too_large",
+            415: "unsupported_media_type",
+        }.get(exc.status, "http_error")
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return error_response(exc.status, code, exc.reason, {}, headers)
+    except Exception:
+        # Never tell a client our exception text; the log has it.
+        log.exception("unhandled error", extra={"path": request.path, "method": request.method})
+        return error_response(500, "internal_error", "internal error")

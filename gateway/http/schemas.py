@@ -1,0 +1,185 @@
+"""Request and response bodies (pydantic), which also produce the OpenAPI schemas.
+
+Requests are strict (no type coercion: ``"5"`` is not a number, ``1`` is not ``true``) and forbid
+unknown fields, so a typo in a field name is an error naming the field rather than a silent no-op.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class Out(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+
+class ErrorBody(Out):
+    code: str = Field(description="machine-readable, e.g. validation_error, not_found, prefix_taken")
+    message: str
+    details: dict[str, Any] = Field(description="for validation errors: field (first) and problems")
+
+
+class ErrorOut(Out):
+    error: ErrorBody
+
+
+# --- tenants -----------------------------------------------------------------------------------
+
+
+class SmsSenderIn(Strict):
+    mode: Literal["pool", "alphanumeric"] = "pool"
+    alphanumeric: str | None = Field(None, description="1-11 characters; required for mode alphanumeric")
+
+
+class AttachmentsIn(Strict):
+    save: bool = False
+    quota_bytes: int | None = Field(None, ge=0, description="disk quota for saved attachments")
+
+
+class TenantCreate(Strict):
+    name: str = Field(min_length=1, max_length=200)
+    mailbox_prefix: str | None = Field(None, description="[a-z0-9-]{3,32}; default derived from the name")
+    trusted_domains: list[str] = Field(default_factory=list, max_length=100)
+    sms_sender: SmsSenderIn = Field(default_factory=SmsSenderIn)
+    attachments: AttachmentsIn = Field(default_factory=AttachmentsIn)
+    sms_credits: int = Field(0, ge=0)
+    webhook_url: str | None = Field(None, max_length=2000)
+    business_hours: dict[str, Any] | None = None
+
+
+class SmsSenderPatch(Strict):
+    mode: Literal["pool", "alphanumeric"] | None = None
+    alphanumeric: str | None = None
+
+
+class AttachmentsPatch(Strict):
+    save: bool | None = None
+    quota_bytes: int | None = Field(None, ge=0)
+
+
+class TenantPatch(Strict):
+    name: str | None = Field(None, min_length=1, max_length=200)
+    mailbox_prefix: str | None = Field(None, description="renaming keeps every earlier prefix as an alias")
+    trusted_domains: list[str] | None = Field(None, max_length=100)
+    sms_sender: SmsSenderPatch | None = None
+    attachments: AttachmentsPatch | None = None
+    webhook_url: str | None = Field(None, max_length=2000)
+    business_hours: dict[str, Any] | None = None
+
+
+class CreditsIn(Strict):
+    amount: int = Field(gt=0, le=100_000_000, description="credits to add; one credit = one SMS part")
+
+
+class SmsSenderOut(Out):
+    mode: str
+    alphanumeric: str | None
+
+
+class AttachmentsOut(Out):
+    save: bool
+    quota_bytes: int
+    used_bytes: int
+
+
+class TenantOut(Out):
+    id: str
+    name: str
+    mailbox_prefix: str
+    mailbox_address: str
+    mailbox_aliases: list[str] = Field(description="earlier prefixes, still delivered to this tenant")
+    trusted_domains: list[str]
+    sms_sender: SmsSenderOut
+    attachments: AttachmentsOut
+    sms_credits: int
+    webhook_url: str | None
+    business_hours: dict[str, Any] | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class TenantCreated(TenantOut):
+    api_key: str = Field(description="shown once; only its hash is stored")
+    webhook_secret: str = Field(description="HMAC key for webhook signatures; shown once")
+
+
+# --- contacts ----------------------------------------------------------------------------------
+
+
+class ConsentIn(Strict):
+    sms: bool = True
+    email: bool = True
+    marketing: bool = False
+
+
+class ContactPut(Strict):
+    name: str = Field("", max_length=200)
+    phones: list[str] = Field(default_factory=list, max_length=10)
+    emails: list[str] = Field(default_factory=list, max_length=10)
+    consent: ConsentIn = Field(default_factory=ConsentIn)
+    blocked: bool = False
+
+
+class PhoneOut(Out):
+    number: str = Field(description="E.164")
+    type: str = Field(description="mobile, fixed_line, fixed_line_or_mobile, voip, …")
+    region: str | None
+    sms_capable: bool
+
+
+class ConsentOut(Out):
+    sms: bool
+    email: bool
+    marketing: bool
+
+
+class ContactOut(Out):
+    id: str
+    name: str
+    phones: list[str]
+    phone_details: list[PhoneOut]
+    emails: list[str]
+    consent: ConsentOut
+    blocked: bool
+    created_at: datetime | None
+    updated_at: datetime | None
+
+
+class ContactList(Out):
+    contacts: list[ContactOut]
+
+
+# --- sms preview -------------------------------------------------------------------------------
+
+
+class PreviewIn(Strict):
+    text: str = Field(max_length=10_000)
+
+
+class PreviewOut(Out):
+    encoding: Literal["gsm7", "ucs2"]
+    chars: int = Field(description="GSM septets (extension characters count 2) or UTF-16 units")
+    parts: int
+    chars_left_in_part: int
+
+
+# --- operations --------------------------------------------------------------------------------
+
+
+class HealthOut(Out):
+    status: str
+
+
+class ReadyOut(Out):
+    status: Literal["ready", "not_ready"]
+    checks: dict[str, dict[str, Any]]

@@ -1,0 +1,282 @@
+"""The one place that builds everything and runs the daemon (``gateway run``).
+
+Start-up order: database (checked to be at the migration head), services, then the components
+(HTTP now; SMTP, SMPP and IMAP plug in the same way), each registered on an AsyncExitStack right
+after it started, so teardown runs if and only if its set-up finished. Signals only set flags
+(SIGTERM/SIGINT: stop, SIGHUP: reload); shutdown is ordinary code: tell systemd STOPPING, stop
+accepting, let in-flight work finish within ``[daemon] shutdown_timeout_seconds``, cancel the rest
+(a cancelled job is not lost: its lease expires and it is claimed again), close the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import Gauge
+
+from gateway import __version__
+from gateway import config as config_mod
+from gateway.config import Config, ConfigError
+from gateway.http.app import build_app
+from gateway.http.context import ApiContext
+from gateway.logs import setup_logging
+from gateway.sdnotify import Notifier
+from gateway.services.contacts import ContactService
+from gateway.services.jobrunner import JobRunner
+from gateway.services.tenants import TenantService
+from gateway.storage import senders
+from gateway.storage.db import Database
+from gateway.storage.jobs import JobQueue, RetryPolicy
+from gateway.storage.migrate import current_revision, head_revision
+
+log = logging.getLogger(__name__)
+
+
+class StartupError(Exception):
+    """The daemon cannot start; the message says why and what to do (exit code 1)."""
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+#: The restart-only keys: a SIGHUP that changes them is logged, and the old value stays in force.
+RESTART_ONLY = ("database", "http.host", "http.port", "smtp", "smpp", "imap", "storage.data_dir")
+
+
+@dataclass
+class Runtime:
+    """A running daemon. ``stop`` may be set by anyone (signals, tests) to begin the shutdown."""
+
+    config: Config
+    config_path: str | None
+    environ: Mapping[str, str]
+    notifier: Notifier = field(default_factory=Notifier)
+    clock: Callable[[], datetime] = utc_now
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+    http_port: int | None = None
+    db: Database | None = None
+    api_context: ApiContext | None = None
+    job_handlers: dict[str, Callable[..., Awaitable[None]]] = field(default_factory=dict)
+    _reload: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._reload.set)
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                await self._start(stack)
+                self.notifier.ready()
+                self.notifier.status("serving")
+                self.started.set()
+                log.info("gateway started", extra={"version": __version__, "http_port": self.http_port})
+                await self._serve()
+                log.info("shutting down", extra={"timeout_s": self.config.daemon.shutdown_timeout_seconds})
+                self.notifier.stopping()
+            log.info("gateway stopped")
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+
+    async def _serve(self) -> None:
+        watchdog = self.notifier.watchdog_interval()
+        while not self.stop.is_set():
+            waiters = [asyncio.ensure_future(self.stop.wait()), asyncio.ensure_future(self._reload.wait())]
+            try:
+                await asyncio.wait(waiters, timeout=watchdog, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waiters:
+                    w.cancel()
+            if watchdog:
+                # The event loop got here, so it is not stuck; systemd restarts us if this stops.
+                self.notifier.watchdog()
+            if self._reload.is_set():
+                self._reload.clear()
+                await self.reload()
+
+    async def _start(self, stack: contextlib.AsyncExitStack) -> None:
+        cfg = self.config
+        # Start-up, before any traffic: a blocking mkdir is harmless here.
+        Path(cfg.storage.data_dir).mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240
+        db = await Database.open(
+            cfg.database.url,
+            pool_size=cfg.database.pool_size,
+            busy_timeout_ms=cfg.database.busy_timeout_ms,
+            pg_schema=cfg.database.schema or None,
+        )
+        stack.push_async_callback(db.close)
+        self.db = db
+        await self._check_schema()
+        added, retired = await db.write(lambda conn: senders.sync_pool(conn, cfg.sms.pool, self.clock()))
+        log.info(
+            "sender pool synchronised", extra={"pool": len(cfg.sms.pool), "added": added, "retired": retired}
+        )
+
+        tenants = TenantService(
+            db,
+            self.clock,
+            mail_domain=cfg.smtp.mail_domain,
+            default_quota_bytes=cfg.storage.attachments_quota_bytes_default,
+        )
+        contacts = ContactService(db, self.clock, default_region=cfg.sms.default_region)
+        ctx = ApiContext(db=db, tenants=tenants, contacts=contacts, admin_token=cfg.http.admin_token)
+        self.api_context = ctx
+
+        queue = JobQueue(
+            db,
+            clock=self.clock,
+            policy=RetryPolicy(
+                base_seconds=cfg.queue.retry_base_seconds,
+                max_seconds=cfg.queue.retry_max_seconds,
+                max_attempts=cfg.queue.max_attempts,
+            ),
+            lease_seconds=cfg.queue.lease_seconds,
+        )
+        self._metrics(ctx, queue)
+        await self._start_jobs(stack, ctx, queue)
+        await self._start_http(stack, ctx)
+
+    async def _check_schema(self) -> None:
+        cfg = self.config.database
+        current = await current_revision(cfg.url, pg_schema=cfg.schema or None)
+        head = head_revision()
+        if current != head:
+            raise StartupError(
+                f"database schema is at {current or 'nothing'}, this version needs {head}: "
+                "run `gateway migrate`"
+            )
+
+    def _metrics(self, ctx: ApiContext, queue: JobQueue) -> None:
+        info = Gauge("gateway_info", "Gateway version", ["version"], registry=ctx.registry)
+        info.labels(__version__).set(1)
+        jobs = Gauge("gateway_jobs", "Jobs in the outbox by status", ["status"], registry=ctx.registry)
+        commits = Gauge(
+            "gateway_db_group_commits",
+            "Transactions committed by the SQLite group writer",
+            registry=ctx.registry,
+        )
+
+        async def refresh() -> None:
+            counts = await queue.counts()
+            for status in ("queued", "running", "done", "failed", "cancelled"):
+                jobs.labels(status).set(counts.get(status, 0))
+            commits.set(ctx.db.batches)
+
+        ctx.metrics_refreshers.append(refresh)
+
+    async def _start_jobs(self, stack: contextlib.AsyncExitStack, ctx: ApiContext, queue: JobQueue) -> None:
+        cfg = self.config.queue
+        runner = JobRunner(
+            queue,
+            self.job_handlers,
+            worker_id=f"{socket.gethostname()}:{os.getpid()}",
+            batch_size=cfg.batch_size,
+            concurrency=cfg.batch_size,
+            poll_interval=cfg.poll_interval_seconds,
+        )
+        stop = asyncio.Event()
+        task = asyncio.create_task(runner.run(stop), name="jobrunner")
+
+        async def ready() -> tuple[bool, dict[str, Any]]:
+            return not task.done(), {"in_flight": runner.in_flight, "kinds": sorted(self.job_handlers)}
+
+        ctx.ready_checks["jobs"] = ready
+
+        async def shutdown() -> None:
+            stop.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(task), self.config.daemon.shutdown_timeout_seconds)
+            except TimeoutError:
+                log.warning(
+                    "jobs still running at the shutdown deadline; cancelled, they will be re-claimed",
+                    extra={"in_flight": runner.in_flight},
+                )
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+        stack.push_async_callback(shutdown)
+
+    async def _start_http(self, stack: contextlib.AsyncExitStack, ctx: ApiContext) -> None:
+        cfg = self.config.http
+        app = build_app(ctx, max_body_bytes=cfg.max_body_bytes)
+        # shutdown_timeout: how long in-flight requests may finish after we stop accepting.
+        runner = web.AppRunner(
+            app, access_log=None, handle_signals=False,
+            shutdown_timeout=self.config.daemon.shutdown_timeout_seconds,
+        )
+        await runner.setup()
+        stack.push_async_callback(runner.cleanup)
+        site = web.TCPSite(runner, cfg.host, cfg.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise StartupError(f"cannot listen on http {cfg.host}:{cfg.port}: {exc.strerror}") from None
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.http_port = sockets[0].getsockname()[1] if sockets else cfg.port
+        log.info("http listening", extra={"host": cfg.host, "port": self.http_port})
+
+    async def reload(self) -> None:
+        """SIGHUP: re-read the config; apply what can change live, keep the rest, never crash."""
+        self.notifier.reloading()
+        try:
+            new = config_mod.load(self.config_path, self.environ)
+        except ConfigError as exc:
+            log.error(
+                "reload rejected: config invalid; keeping the running config", extra={"error": str(exc)}
+            )
+            self.notifier.ready()
+            return
+        old = self.config
+        old_d, new_d = config_mod.to_masked_dict(old), config_mod.to_masked_dict(new)
+        ignored = [k for k in RESTART_ONLY if _get(old_d, k) != _get(new_d, k)]
+        if ignored:
+            log.warning("reload: these settings need a restart and were not applied", extra={"keys": ignored})
+        if new.http.host == old.http.host and (problem := config_mod.admin_token_problem(new)):
+            log.error("reload rejected: http.admin_token", extra={"error": problem})
+            self.notifier.ready()
+            return
+        setup_logging(new.daemon.log_level, new.daemon.log_format)
+        if self.api_context is not None:
+            self.api_context.admin_token = new.http.admin_token
+        if self.db is not None and new.sms.pool != old.sms.pool:
+            added, retired = await self.db.write(
+                lambda conn: senders.sync_pool(conn, new.sms.pool, self.clock())
+            )
+            log.info("sender pool synchronised", extra={"added": added, "retired": retired})
+        self.config = _merge_live(old, new)
+        log.info("config reloaded")
+        self.notifier.ready()
+
+
+def _get(d: dict[str, Any], dotted: str) -> Any:
+    cur: Any = d
+    for part in dotted.split("."):
+        cur = cur.get(part) if isinstance(cur, dict) else None
+    return cur
+
+
+def _merge_live(old: Config, new: Config) -> Config:
+    """The new config, but with the restart-only sections kept as they are running."""
+    import dataclasses
+
+    http = dataclasses.replace(new.http, host=old.http.host, port=old.http.port)
+    storage = dataclasses.replace(new.storage, data_dir=old.storage.data_dir)
+    return dataclasses.replace(
+        new, database=old.database, http=http, smtp=old.smtp, smpp=old.smpp, imap=old.imap, storage=storage
+    )
