@@ -9,11 +9,31 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+def _reject_nul(value: Any) -> None:
+    if isinstance(value, str):
+        if "\x00" in value:
+            # PostgreSQL text and jsonb cannot store U+0000; SQLite could, so refuse it everywhere.
+            raise ValueError("must not contain NUL (U+0000) characters")
+    elif isinstance(value, list):
+        for item in value:
+            _reject_nul(item)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _reject_nul(key)
+            _reject_nul(item)
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        _reject_nul(value)
+        return value
 
 
 class Out(BaseModel):
@@ -50,8 +70,8 @@ class TenantCreate(Strict):
     name: str = Field(min_length=1, max_length=200)
     mailbox_prefix: str | None = Field(None, description="[a-z0-9-]{3,32}; default derived from the name")
     trusted_domains: list[str] = Field(default_factory=list, max_length=100)
-    sms_sender: SmsSenderIn = Field(default_factory=SmsSenderIn)
-    attachments: AttachmentsIn = Field(default_factory=AttachmentsIn)
+    sms_sender: SmsSenderIn = Field(default_factory=lambda: SmsSenderIn())
+    attachments: AttachmentsIn = Field(default_factory=lambda: AttachmentsIn())
     sms_credits: int = Field(0, ge=0)
     webhook_url: str | None = Field(None, max_length=2000)
     business_hours: dict[str, Any] | None = None

@@ -5,10 +5,10 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -19,6 +19,8 @@ from gateway.services.errors import ConflictError, InvalidInputError, NotFoundEr
 from gateway.services.normalize import normalize_domain
 from gateway.storage import tenants as repo
 from gateway.storage.db import Database
+
+T = TypeVar("T")
 
 API_KEY_PREFIX = "gwk_"
 #: 3GPP TS 23.040 §9.1.2.5: an alphanumeric originator is at most 11 GSM characters. We allow the
@@ -211,7 +213,7 @@ class TenantService:
         key_hash = hash_api_key(api_key)
         return await self.db.read(lambda conn: repo.tenant_for_key_hash(conn, key_hash))
 
-    async def _write(self, unit: Callable[[AsyncConnection], Any]) -> Any:
+    async def _write(self, unit: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         try:
             return await self.db.write(unit)
         except IntegrityError as exc:

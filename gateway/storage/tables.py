@@ -50,6 +50,7 @@ class UTCDateTime(TypeDecorator[datetime]):
             return None
         if isinstance(value, str):  # SQLite returns text for computed expressions
             value = datetime.fromisoformat(value)
+        assert isinstance(value, datetime)
         return value.replace(tzinfo=UTC)
 
 

@@ -1,0 +1,224 @@
+"""The config schema: frozen dataclasses whose fields (with ``_opt`` rules) are the keys."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gateway.config._rules import (
+    _PORT,
+    _REMOTE_PORT,
+    EXAMPLE_ADMIN_TOKEN,
+    MIN_ADMIN_TOKEN_LENGTH,
+    _check_db_url,
+    _check_domain,
+    _check_host,
+    _check_name,
+    _check_networks,
+    _check_optional_host,
+    _check_pool,
+    _check_regions,
+    _check_schema,
+    _lower,
+    _norm_region,
+    _opt,
+    _upper,
+)
+
+# --------------------------------------------------------------------------------------------
+# Schema
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseConfig:
+    url: str = _opt("sqlite+aiosqlite:///var/gateway.sqlite3", normalize=_check_db_url)
+    pool_size: int = _opt(10, ge=1, le=200)
+    busy_timeout_ms: int = _opt(5000, ge=0)
+    # PostgreSQL only: the schema holding the tables ("" = the server's search_path, usually public).
+    schema: str = _opt("", normalize=_check_schema)
+
+
+@dataclass(frozen=True, slots=True)
+class HttpConfig:
+    host: str = _opt("127.0.0.1", nonempty=True, normalize=_check_host)
+    port: int = _opt(8080, **_PORT)
+    admin_token: str = _opt("", secret=True)
+    max_body_bytes: int = _opt(1048576, ge=1)
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpConfig:
+    enabled: bool = _opt(False)
+    host: str = _opt("127.0.0.1", nonempty=True, normalize=_check_host)
+    port: int = _opt(2525, **_PORT)
+    mail_domain: str = _opt("mail.example.com", nonempty=True, normalize=_check_domain)
+    max_message_bytes: int = _opt(26214400, ge=1)
+
+
+@dataclass(frozen=True, slots=True)
+class RelayConfig:
+    host: str = _opt("", normalize=_check_optional_host)  # "" = no smart host configured
+    port: int = _opt(25, **_REMOTE_PORT)
+    username: str = _opt("")
+    password: str = _opt("", secret=True)
+    starttls: bool = _opt(True)
+
+
+@dataclass(frozen=True, slots=True)
+class DkimConfig:
+    selector: str = _opt("gateway", nonempty=True, normalize=_check_domain)
+    private_key_file: str = _opt("")  # "" = do not sign
+
+
+@dataclass(frozen=True, slots=True)
+class SmppConnectorConfig:
+    """An outbound bind to an SMSC. Length limits are SMPP 3.4 §4.1.1 C-Octet sizes minus the NUL."""
+
+    name: str = _opt("", required=True, normalize=_check_name)
+    host: str = _opt("", required=True, normalize=_check_host)
+    port: int = _opt(2775, **_REMOTE_PORT)
+    system_id: str = _opt("", required=True, max_len=15)
+    password: str = _opt("", secret=True, max_len=8)
+    system_type: str = _opt("", max_len=12)
+    bind: str = _opt("transceiver", choices=("transceiver", "transmitter_receiver"))
+    tps: float = _opt(50.0, gt=0)
+    window: int = _opt(10, ge=1, le=1000)
+    weight: int = _opt(1, ge=1)
+    enquire_link_seconds: float = _opt(30.0, gt=0)
+    response_timeout_seconds: float = _opt(30.0, gt=0)
+
+
+@dataclass(frozen=True, slots=True)
+class SmppCarrierConfig:
+    """An ESME (carrier/partner) allowed to bind to one of our SMPP listeners."""
+
+    system_id: str = _opt("", required=True, max_len=15)
+    password: str = _opt("", secret=True, max_len=8)
+    networks: tuple[str, ...] = _opt(("127.0.0.1/32",), normalize=_check_networks)
+    connector: str = _opt("")  # "" = no pinned connector; otherwise must name one (cross-checked)
+
+
+@dataclass(frozen=True, slots=True)
+class SmppListenerConfig:
+    name: str = _opt("", required=True, normalize=_check_name)
+    host: str = _opt("127.0.0.1", nonempty=True, normalize=_check_host)
+    port: int = _opt(0, required=True, **_PORT)
+    carriers: tuple[SmppCarrierConfig, ...] = _opt(())
+
+
+@dataclass(frozen=True, slots=True)
+class SmppConfig:
+    connectors: tuple[SmppConnectorConfig, ...] = _opt(())
+    listeners: tuple[SmppListenerConfig, ...] = _opt(())
+
+
+@dataclass(frozen=True, slots=True)
+class SmsConfig:
+    pool: tuple[str, ...] = _opt((), normalize=_check_pool)  # normalized to "+<digits>"
+    allowed_regions: tuple[str, ...] = _opt(("PL",), normalize=_check_regions)
+    reply_window_days: int = _opt(15, ge=1, le=365)
+    default_region: str = _opt("PL", normalize=_norm_region)
+
+
+@dataclass(frozen=True, slots=True)
+class StorageConfig:
+    data_dir: str = _opt("var", nonempty=True)
+    attachments_quota_bytes_default: int = _opt(104857600, ge=0)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueConfig:
+    lease_seconds: int = _opt(60, ge=1)
+    batch_size: int = _opt(100, ge=1, le=10000)
+    max_attempts: int = _opt(8, ge=1)
+    retry_base_seconds: float = _opt(5.0, gt=0)
+    retry_max_seconds: float = _opt(3600.0, gt=0)  # cross-checked: >= retry_base_seconds
+    poll_interval_seconds: float = _opt(0.5, gt=0)
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonConfig:
+    shutdown_timeout_seconds: float = _opt(30.0, gt=0)
+    log_level: str = _opt("INFO", normalize=_upper, choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    log_format: str = _opt("json", normalize=_lower, choices=("json", "text"))
+
+
+@dataclass(frozen=True, slots=True)
+class ImapPollerConfig:
+    name: str = _opt("", required=True, normalize=_check_name)
+    host: str = _opt("", required=True, normalize=_check_host)
+    port: int = _opt(993, **_REMOTE_PORT)
+    tls: bool = _opt(True)
+    username: str = _opt("", required=True)
+    password: str = _opt("", secret=True)
+    mailbox: str = _opt("INBOX", nonempty=True)
+    interval_seconds: float = _opt(60.0, gt=0)
+
+
+@dataclass(frozen=True, slots=True)
+class ImapConfig:
+    pollers: tuple[ImapPollerConfig, ...] = _opt(())
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    smtp: SmtpConfig = field(default_factory=SmtpConfig)
+    relay: RelayConfig = field(default_factory=RelayConfig)
+    dkim: DkimConfig = field(default_factory=DkimConfig)
+    smpp: SmppConfig = field(default_factory=SmppConfig)
+    sms: SmsConfig = field(default_factory=SmsConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    queue: QueueConfig = field(default_factory=QueueConfig)
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    imap: ImapConfig = field(default_factory=ImapConfig)
+    # Which file was loaded (None = built-in defaults). Not a TOML section: the loader and
+    # to_masked_dict skip fields marked "internal".
+    source: Path | None = field(default=None, metadata={"internal": True})
+
+    def admin_token_problem(self) -> str | None:
+        return admin_token_problem(self)
+
+
+# For env overrides addressed by name instead of index (GATEWAY_SMPP__CONNECTORS__<name>__...).
+# Carriers have no name; their system_id is what identifies them.
+_ENTRY_KEY = {
+    SmppConnectorConfig: "name",
+    SmppListenerConfig: "name",
+    ImapPollerConfig: "name",
+    SmppCarrierConfig: "system_id",
+}
+
+
+def is_loopback(host: str) -> bool:
+    """True only for hosts that certainly stay on this machine (hostnames other than localhost are not)."""
+    host = host.strip().strip("[]")
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        # ::ffff:127.0.0.1 is loopback too, but Python 3.11 reports False for it.
+        return addr.ipv4_mapped.is_loopback
+    return addr.is_loopback
+
+
+def admin_token_problem(config: Config) -> str | None:
+    """Why the admin token is unacceptable for this bind address, or None if it is fine."""
+    host = config.http.host
+    if is_loopback(host):
+        return None  # only local users can reach the API; an empty token is a dev convenience
+    token = config.http.admin_token
+    where = f"http.host={host!r} is reachable from the network"
+    if not token:
+        return f"{where} but http.admin_token is empty"
+    if token == EXAMPLE_ADMIN_TOKEN:
+        return f"{where} but http.admin_token is the example token from gateway.example.toml"
+    if len(token) < MIN_ADMIN_TOKEN_LENGTH:
+        return f"{where} but http.admin_token is shorter than {MIN_ADMIN_TOKEN_LENGTH} characters"
+    return None
