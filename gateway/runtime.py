@@ -18,7 +18,7 @@ import signal
 import socket
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from gateway.logs import setup_logging
 from gateway.sdnotify import Notifier
 from gateway.services.contacts import ContactService
 from gateway.services.jobrunner import JobRunner
+from gateway.services.outbound import MessageQueries, OutboundService, SmsSettings
 from gateway.services.tenants import TenantService
 from gateway.storage import senders
 from gateway.storage.db import Database
@@ -126,16 +127,6 @@ class Runtime:
             "sender pool synchronised", extra={"pool": len(cfg.sms.pool), "added": added, "retired": retired}
         )
 
-        tenants = TenantService(
-            db,
-            self.clock,
-            mail_domain=cfg.smtp.mail_domain,
-            default_quota_bytes=cfg.storage.attachments_quota_bytes_default,
-        )
-        contacts = ContactService(db, self.clock, default_region=cfg.sms.default_region)
-        ctx = ApiContext(db=db, tenants=tenants, contacts=contacts, admin_token=cfg.http.admin_token)
-        self.api_context = ctx
-
         queue = JobQueue(
             db,
             clock=self.clock,
@@ -146,9 +137,50 @@ class Runtime:
             ),
             lease_seconds=cfg.queue.lease_seconds,
         )
+        runner = JobRunner(
+            queue,
+            self.job_handlers,
+            worker_id=f"{socket.gethostname()}:{os.getpid()}",
+            batch_size=cfg.queue.batch_size,
+            concurrency=cfg.queue.batch_size,
+            poll_interval=cfg.queue.poll_interval_seconds,
+        )
+        ctx = ApiContext(
+            db=db,
+            tenants=TenantService(
+                db,
+                self.clock,
+                mail_domain=cfg.smtp.mail_domain,
+                default_quota_bytes=cfg.storage.attachments_quota_bytes_default,
+            ),
+            contacts=ContactService(db, self.clock, default_region=cfg.sms.default_region),
+            admin_token=cfg.http.admin_token,
+            outbound=OutboundService(
+                db,
+                self.clock,
+                SmsSettings(
+                    allowed_regions=cfg.sms.allowed_regions,
+                    default_region=cfg.sms.default_region,
+                    max_parts=cfg.sms.max_parts,
+                    reply_window=timedelta(days=cfg.sms.reply_window_days),
+                    max_attempts=cfg.queue.max_attempts,
+                ),
+                on_enqueued=runner.wake,
+            ),
+            messages=MessageQueries(db, self.clock),
+        )
+        self.api_context = ctx
         self._metrics(ctx, queue)
-        await self._start_jobs(stack, ctx, queue)
+        # Stopped in reverse order: HTTP stops accepting first, then jobs finish, then SMPP unbinds.
+        await self._start_smpp(stack, ctx)
+        await self._start_jobs(stack, ctx, runner)
         await self._start_http(stack, ctx)
+
+    async def _start_smpp(self, stack: contextlib.AsyncExitStack, ctx: ApiContext) -> None:
+        """One session per [[smpp.connectors]]; the sms.submit job handler sends through them."""
+        if not self.config.smpp.connectors:
+            log.warning("no [[smpp.connectors]] configured: SMS messages stay queued until one is")
+            return
 
     async def _check_schema(self) -> None:
         cfg = self.config.database
@@ -178,16 +210,7 @@ class Runtime:
 
         ctx.metrics_refreshers.append(refresh)
 
-    async def _start_jobs(self, stack: contextlib.AsyncExitStack, ctx: ApiContext, queue: JobQueue) -> None:
-        cfg = self.config.queue
-        runner = JobRunner(
-            queue,
-            self.job_handlers,
-            worker_id=f"{socket.gethostname()}:{os.getpid()}",
-            batch_size=cfg.batch_size,
-            concurrency=cfg.batch_size,
-            poll_interval=cfg.poll_interval_seconds,
-        )
+    async def _start_jobs(self, stack: contextlib.AsyncExitStack, ctx: ApiContext, runner: JobRunner) -> None:
         stop = asyncio.Event()
         task = asyncio.create_task(runner.run(stop), name="jobrunner")
 
@@ -216,7 +239,9 @@ class Runtime:
         app = build_app(ctx, max_body_bytes=cfg.max_body_bytes)
         # shutdown_timeout: how long in-flight requests may finish after we stop accepting.
         runner = web.AppRunner(
-            app, access_log=None, handle_signals=False,
+            app,
+            access_log=None,
+            handle_signals=False,
             shutdown_timeout=self.config.daemon.shutdown_timeout_seconds,
         )
         await runner.setup()

@@ -24,7 +24,9 @@ from sqlalchemy import text
 from gateway.http.app import build_app
 from gateway.http.context import ApiContext
 from gateway.services.contacts import ContactService
+from gateway.services.outbound import MessageQueries, OutboundService, SmsSettings
 from gateway.services.tenants import TenantService
+from gateway.storage import senders
 from gateway.storage.db import Database, make_engine
 from gateway.storage.migrate import upgrade
 from gateway.storage.tables import metadata
@@ -125,13 +127,23 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
+POOL = ("+48500000001", "+48500000002")
+SMS_SETTINGS = SmsSettings(
+    allowed_regions=("PL", "DE"), default_region="PL", max_parts=10, reply_window=timedelta(days=15),
+    max_attempts=5,
+)
+
+
 @pytest.fixture
-def api_context(db: Database, clock: FakeClock) -> ApiContext:
+async def api_context(db: Database, clock: FakeClock) -> ApiContext:
+    await db.write(lambda conn: senders.sync_pool(conn, POOL, clock()))
     return ApiContext(
         db=db,
         tenants=TenantService(db, clock, mail_domain=MAIL_DOMAIN, default_quota_bytes=100 * 2**20),
         contacts=ContactService(db, clock, default_region="PL"),
         admin_token=ADMIN_TOKEN,
+        outbound=OutboundService(db, clock, SMS_SETTINGS),
+        messages=MessageQueries(db, clock),
     )
 
 

@@ -83,7 +83,7 @@ class SmppConnectorConfig:
     password: str = _opt("", secret=True, max_len=8)
     system_type: str = _opt("", max_len=12)
     bind: str = _opt("transceiver", choices=("transceiver", "transmitter_receiver"))
-    tps: float = _opt(50.0, gt=0)
+    tps: float = _opt(50.0, ge=0)  # parts per second; 0 = no limit
     window: int = _opt(10, ge=1, le=1000)
     weight: int = _opt(1, ge=1)
     enquire_link_seconds: float = _opt(30.0, gt=0)
@@ -120,6 +120,11 @@ class SmsConfig:
     allowed_regions: tuple[str, ...] = _opt(("PL",), normalize=_check_regions)
     reply_window_days: int = _opt(15, ge=1, le=365)
     default_region: str = _opt("PL", normalize=_norm_region)
+    # A text needing more parts is refused at the API (422 too_many_parts), never truncated.
+    max_parts: int = _opt(10, ge=1, le=255)
+    # Parts whose submit_sm got no response: resubmitting risks a duplicate SMS, not resubmitting
+    # risks a lost one. Default: do not resubmit (see docs/decisions.md "Outcome unknown").
+    resubmit_unknown: bool = _opt(False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,9 @@ References:
 - 3GPP TS 23.038 §6.1.2.1: how septets are packed into octets.
 - 3GPP TS 23.040 §9.2.3.24.1: the concatenation information element. Its 6-octet UDH
   (UDHL + IEI + IEDL + ref + total + seq) costs 7 septets or 3 UCS-2 units per part, so
-  the part limits drop from 160/70 to 153/67.
+  the part limits drop from 160/70 to 153/67. The 16-bit-reference variant (IEI 0x08,
+  23.040 §9.2.3.24.8) is a 7-octet UDH, so 152/66: ``split``, ``encode_parts`` and
+  ``preview`` take an optional ``udh_octets`` for that (see ``gateway.domain.udh``).
 
 Decisions:
 - A lowercase 'ç' is NOT encoded as 0x09. 23.038 puts the capital 'Ç' there. Some carriers
@@ -39,6 +41,7 @@ from itertools import accumulate
 from typing import Final
 
 __all__ = [
+    "CONCAT_UDH_OCTETS",
     "GSM7_MULTI_PART_SEPTETS",
     "GSM7_SINGLE_PART_SEPTETS",
     "UCS2_MULTI_PART_UNITS",
@@ -72,6 +75,14 @@ GSM7_SINGLE_PART_SEPTETS: Final = 160
 GSM7_MULTI_PART_SEPTETS: Final = 153
 UCS2_SINGLE_PART_UNITS: Final = 70
 UCS2_MULTI_PART_UNITS: Final = 67
+# UDHL + the 8-bit-reference concatenation IE (23.040 §9.2.3.24.1), the default
+# ``udh_octets`` of split/encode_parts/preview.
+CONCAT_UDH_OCTETS: Final = 6
+# Bounds for ``udh_octets``: a multi-part UDH holds at least the concatenation IE, and a
+# part must keep room for 2 units (an escape pair or a surrogate pair), or the greedy
+# split could not make progress.
+_MIN_UDH_OCTETS: Final = CONCAT_UDH_OCTETS
+_MAX_UDH_OCTETS: Final = 136
 
 _ESC: Final = 0x1B
 
@@ -255,13 +266,23 @@ def decode_ucs2(data: bytes) -> str:
 # --- Splitting ---------------------------------------------------------------------------
 
 
-def _limits(encoding: Encoding) -> tuple[int, int]:
+def _limits(encoding: Encoding, udh_octets: int = CONCAT_UDH_OCTETS) -> tuple[int, int]:
+    """(single-part, multi-part) limits in units when each multi-part part carries a UDH
+    of ``udh_octets`` octets (UDHL included).
+
+    The 140-octet user data is 1120 bits (23.040 §9.2.3.16). For GSM the UDH is rounded
+    up to whole septets with fill bits (23.040 §9.2.3.24), so a part keeps
+    floor((1120 - 8 * udh_octets) / 7) septets: 153 for 6 octets, 152 for 7. For UCS-2 it
+    keeps floor((140 - udh_octets) / 2) units: 67 for 6 octets, 66 for 7.
+    """
+    if not _MIN_UDH_OCTETS <= udh_octets <= _MAX_UDH_OCTETS:
+        raise ValueError(f"udh_octets must be {_MIN_UDH_OCTETS}..{_MAX_UDH_OCTETS}, got {udh_octets}")
     if encoding is Encoding.GSM7:
-        return GSM7_SINGLE_PART_SEPTETS, GSM7_MULTI_PART_SEPTETS
-    return UCS2_SINGLE_PART_UNITS, UCS2_MULTI_PART_UNITS
+        return GSM7_SINGLE_PART_SEPTETS, (8 * 140 - 8 * udh_octets) // 7
+    return UCS2_SINGLE_PART_UNITS, (140 - udh_octets) // 2
 
 
-def _gsm7_spans(text: str, checked: bool) -> list[tuple[int, int, int]]:
+def _gsm7_spans(text: str, checked: bool, multi: int) -> list[tuple[int, int, int]]:
     # Cut the septet string (one char per septet, from str.translate) with C-level string
     # operations. No char encodes to a lone 0x1B, so every 0x1B there leads an escape pair.
     # A cut right after one would separate it from its code, so we cut one septet earlier.
@@ -274,7 +295,7 @@ def _gsm7_spans(text: str, checked: bool) -> list[tuple[int, int, int]]:
     spans: list[tuple[int, int, int]] = []
     start = pos = 0
     while pos < total:
-        end = min(pos + GSM7_MULTI_PART_SEPTETS, total)
+        end = min(pos + multi, total)
         if septets[end - 1] == esc:
             end -= 1
         chars = end - pos - septets.count(esc, pos, end)
@@ -283,13 +304,13 @@ def _gsm7_spans(text: str, checked: bool) -> list[tuple[int, int, int]]:
     return spans
 
 
-def _ucs2_spans(text: str) -> list[tuple[int, int, int]]:
+def _ucs2_spans(text: str, multi: int) -> list[tuple[int, int, int]]:
     n = len(text)
     if not text or max(text) <= "\uffff":
         # No astral chars, so one code point is one UTF-16 unit.
         if n <= UCS2_SINGLE_PART_UNITS:
             return [(0, n, n)] if n else []
-        step = UCS2_MULTI_PART_UNITS
+        step = multi
         return [(i, min(i + step, n), min(step, n - i)) for i in range(0, n, step)]
     # An astral char is a surrogate pair (2 units). We cut only between code points, so a
     # pair that would straddle the limit moves whole to the next part.
@@ -300,53 +321,63 @@ def _ucs2_spans(text: str) -> list[tuple[int, int, int]]:
     start = base = 0
     while start < n:
         # The first index whose running total exceeds this part's budget ends the part.
-        end = bisect_right(cum, base + UCS2_MULTI_PART_UNITS, lo=start)
+        end = bisect_right(cum, base + multi, lo=start)
         spans.append((start, end, cum[end - 1] - base))
         start, base = end, cum[end - 1]
     return spans
 
 
-def _spans(text: str, encoding: Encoding | None) -> tuple[Encoding, list[tuple[int, int, int]]]:
+def _spans(
+    text: str, encoding: Encoding | None, udh_octets: int = CONCAT_UDH_OCTETS
+) -> tuple[Encoding, list[tuple[int, int, int]]]:
     """The encoding (chosen if None) and (start, end, units) of each part.
 
     start and end are char indices into text, units is the number of units used.
 
     One part holds up to 160 septets / 70 units. Beyond that, each part holds at most 153 /
-    67 (23.040 §9.2.3.24.1). No part ends with an ESC or a high surrogate.
+    67 (23.040 §9.2.3.24.1), or less for a longer UDH (see _limits). No part ends with an
+    ESC or a high surrogate.
     """
     enc = choose_encoding(text) if encoding is None else encoding
-    # A chosen GSM7 has already passed is_gsm7, so skip the second scan.
-    spans = _gsm7_spans(text, checked=encoding is None) if enc is Encoding.GSM7 else _ucs2_spans(text)
-    return enc, spans
+    _, multi = _limits(enc, udh_octets)
+    if enc is Encoding.GSM7:
+        # A chosen GSM7 has already passed is_gsm7, so skip the second scan.
+        return enc, _gsm7_spans(text, checked=encoding is None, multi=multi)
+    return enc, _ucs2_spans(text, multi)
 
 
-def split(text: str, encoding: Encoding | None = None) -> list[str]:
+def split(text: str, encoding: Encoding | None = None, *, udh_octets: int = CONCAT_UDH_OCTETS) -> list[str]:
     """The texts of the SMS parts. ``''.join(split(t)) == t`` and ``split('') == []``.
 
     One part holds up to 160 septets / 70 units. Beyond that, every part holds at most
-    153 septets / 67 units (23.040 §9.2.3.24.1). Raises SmsTextError if ``encoding`` is
-    GSM7 and the text is not representable in it.
+    153 septets / 67 units (23.040 §9.2.3.24.1). ``udh_octets`` is the size of the UDH
+    each part of a multi-part message carries (UDHL included): 6 by default, 7 for
+    16-bit concatenation references (152 septets / 66 units); ValueError outside 6..136.
+    Raises SmsTextError if ``encoding`` is GSM7 and the text is not representable in it.
     """
-    _, spans = _spans(text, encoding)
+    _, spans = _spans(text, encoding, udh_octets)
     return [text[s:e] for s, e, _ in spans]
 
 
-def preview(text: str) -> Preview:
-    enc, spans = _spans(text, None)
-    single, multi = _limits(enc)
+def preview(text: str, *, udh_octets: int = CONCAT_UDH_OCTETS) -> Preview:
+    """Encoding, size and part count of ``text``; ``udh_octets`` as in split()."""
+    enc, spans = _spans(text, None, udh_octets)
+    single, multi = _limits(enc, udh_octets)
     total = sum(units for _, _, units in spans)
     last = spans[-1][2] if spans else 0
     left = (single if len(spans) <= 1 else multi) - last
     return Preview(encoding=enc, chars=total, parts=len(spans), chars_left_in_part=left)
 
 
-def encode_parts(text: str, encoding: Encoding | None = None) -> tuple[Encoding, list[bytes]]:
-    """The payload of each part, with the same boundaries as split().
+def encode_parts(
+    text: str, encoding: Encoding | None = None, *, udh_octets: int = CONCAT_UDH_OCTETS
+) -> tuple[Encoding, list[bytes]]:
+    """The payload of each part, with the same boundaries as split() (same ``udh_octets``).
 
     GSM parts are unpacked septets and UCS-2 parts are UTF-16-BE. Raises SmsTextError
     for a text that the encoding can't carry.
     """
-    enc, spans = _spans(text, encoding)  # also checks that a GSM7 text is representable
+    enc, spans = _spans(text, encoding, udh_octets)  # also checks that a GSM7 text is representable
     # Encode once, then cut the payload at the unit offsets of the spans. A GSM unit is
     # one byte (unpacked septet) and a UTF-16 unit is two.
     if enc is Encoding.GSM7:

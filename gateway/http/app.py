@@ -10,7 +10,12 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from prometheus_client import Counter, Histogram
 
-from gateway.http import routes_contacts, routes_ops, routes_tenants  # noqa: F401 - they register routes
+from gateway.http import (  # noqa: F401 - importing them registers their routes
+    routes_contacts,
+    routes_messages,
+    routes_ops,
+    routes_tenants,
+)
 from gateway.http.context import API, CTX, ApiContext
 from gateway.http.errors import ApiError, error_response, from_service_error
 from gateway.http.routing import Auth, Principal

@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 from gateway import __version__
 from gateway.http.routing import Api
 from gateway.services.contacts import ContactService
+from gateway.services.outbound import MessageQueries, OutboundService
 from gateway.services.tenants import TenantService
 from gateway.storage.db import Database
 
@@ -29,6 +30,8 @@ class ApiContext:
     tenants: TenantService
     contacts: ContactService
     admin_token: str
+    outbound: OutboundService
+    messages: MessageQueries
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     ready_checks: dict[str, ReadyCheck] = field(default_factory=dict)
     metrics_refreshers: list[MetricsRefresher] = field(default_factory=list)

@@ -7,7 +7,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from gateway.services.errors import ConflictError, InvalidInputError, NotFoundError
+from gateway.services.errors import ChannelsRefusedError, ConflictError, InvalidInputError, NotFoundError
 
 
 class ApiError(Exception):
@@ -65,6 +65,14 @@ def from_service_error(exc: Exception) -> ApiError | None:
             "validation_error",
             f"{exc.field}: {exc.reason}",
             {"field": exc.field, "problems": [{"field": exc.field, "reason": exc.reason}]},
+        )
+    if isinstance(exc, ChannelsRefusedError):
+        summary = ", ".join(f"{c}: {r}" for c, (r, _) in exc.refusals.items())
+        return ApiError(
+            422,
+            "channel_refused",
+            f"cannot send: {summary}",
+            {"channels": {c: {"reason": r, "detail": d} for c, (r, d) in exc.refusals.items()}},
         )
     if isinstance(exc, NotFoundError):
         return ApiError(404, "not_found", str(exc), {"kind": exc.kind, "id": exc.ident})

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 
 def _reject_nul(value: Any) -> None:
@@ -203,3 +203,74 @@ class HealthOut(Out):
 class ReadyOut(Out):
     status: Literal["ready", "not_ready"]
     checks: dict[str, dict[str, Any]]
+
+
+# --- messages ----------------------------------------------------------------------------------
+
+
+class ToIn(Strict):
+    phone: str | None = Field(None, max_length=32)
+    email: str | None = Field(None, max_length=320)
+
+
+class ContextIn(Strict):
+    type: str = Field(min_length=1, max_length=64, description="e.g. repair, order, booking")
+    id: str = Field(min_length=1, max_length=200)
+
+
+class MessageCreate(Strict):
+    contact_id: str | None = Field(None, max_length=100)
+    to: ToIn | None = None
+    channels: list[str] = Field(min_length=1, max_length=2, description='"sms" and/or "email"')
+    text: str = Field(max_length=10_000)
+    subject: str | None = Field(None, max_length=998)
+    html: str | None = Field(None, max_length=1_000_000)
+    context: ContextIn | None = None
+    thread_id: str | None = Field(None, max_length=40)
+    category: Literal["transactional", "marketing"] = "transactional"
+    send_at: AwareDatetime | None = Field(None, description="ISO 8601 with a UTC offset; later = scheduled")
+    idempotency_key: str | None = Field(None, min_length=1, max_length=200)
+
+
+class SmsInfo(Out):
+    encoding: str
+    parts: int
+    sender: str | None = None
+
+
+class MessageAcceptedItem(Out):
+    id: str
+    channel: str
+    status: str
+    thread_id: str
+    sms: SmsInfo | None = None
+
+
+class MessagesAccepted(Out):
+    messages: list[MessageAcceptedItem]
+
+
+class SmsPartOut(Out):
+    part_no: int
+    status: str
+    connector: str | None
+    smsc_message_id: str | None
+    status_reason: str | None
+
+
+class MessageOut(Out):
+    id: str
+    direction: str
+    channel: str
+    status: str
+    status_reason: str | None
+    thread_id: str
+    category: str
+    sender: str | None
+    recipient: str | None
+    text: str
+    sms: SmsInfo | None = None
+    sms_parts: list[SmsPartOut] | None = None
+    send_at: datetime | None
+    created_at: datetime
+    updated_at: datetime

@@ -41,6 +41,18 @@ class ConflictError(ServiceError):
         self.details = details or {}
 
 
+class ChannelsRefusedError(ServiceError):
+    """A message cannot go out on one or more requested channels; nothing was sent or stored.
+
+    ``refusals`` maps each refused channel to (reason, detail); reasons are the SPEC 2.3 codes
+    (``no_phone``, ``not_mobile``, ``sms_opt_out``, ``insufficient_credits``, ...).
+    """
+
+    def __init__(self, refusals: dict[str, tuple[str, str]]) -> None:
+        super().__init__("refused: " + ", ".join(f"{c}={r}" for c, (r, _) in refusals.items()))
+        self.refusals = refusals
+
+
 class PermanentJobError(ServiceError):
     """Raised by a job handler when retrying cannot help (e.g. the carrier rejected the number):
     the job goes straight to ``failed`` with this error's text as the reason."""

@@ -79,6 +79,11 @@ class JobRunner:
         self._succeeded: list[Job] = []
         self._errored: list[tuple[Job, str, bool]] = []
 
+    def register(self, kind: str, handler: Handler) -> None:
+        """Add a handler before :meth:`run` starts (components register theirs as they start)."""
+        self.handlers[kind] = handler
+        self._kinds = sorted(self.handlers)
+
     @property
     def in_flight(self) -> int:
         """Jobs claimed by this runner and not settled yet."""

@@ -219,12 +219,26 @@ sms_parts = sa.Table(
     sa.Column("message_id", sa.ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True),
     sa.Column("part_no", sa.Integer, primary_key=True),
     sa.Column("connector", sa.String(64)),
-    sa.Column("smsc_message_id", sa.String(65)),
+    sa.Column("smsc_message_id", sa.String(65)),  # as the SMSC wrote it in submit_sm_resp
+    sa.Column("smsc_message_key", sa.String(65)),  # normalised (hex/decimal/case) to match receipts
     sa.Column("status", sa.String(16), nullable=False),  # pending | submitted | unknown | delivered | failed
     sa.Column("status_reason", sa.String(200)),
     _ts("submitted_at", nullable=True),
     _ts("updated_at"),
-    sa.Index("ix_sms_parts_connector_smsc_id", "connector", "smsc_message_id"),
+    sa.Index("ix_sms_parts_connector_smsc_key", "connector", "smsc_message_key"),
+)
+
+# Receipts that arrived before their part's submit_sm_resp was recorded (SMSCs may send them in
+# either order); applied when the part's message id is stored, purged after a few days.
+parked_receipts = sa.Table(
+    "parked_receipts",
+    metadata,
+    sa.Column("id", BigIntPK, primary_key=True, autoincrement=True),
+    sa.Column("connector", sa.String(64), nullable=False),
+    sa.Column("smsc_message_key", sa.String(65), nullable=False),
+    sa.Column("receipt", JSONType, nullable=False),
+    _ts("received_at"),
+    sa.Index("ix_parked_receipts_connector_key", "connector", "smsc_message_key"),
 )
 
 # Mobile-originated parts of a concatenated SMS waiting for their siblings (SPEC 2.5).

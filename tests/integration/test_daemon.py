@@ -33,13 +33,13 @@ def write_config(path: Path, target: DbTarget, *, token: str = TOKEN, extra: str
         f"""
 [database]
 url = "{target.url}"
-schema = "{target.pg_schema or ''}"
+schema = "{target.pg_schema or ""}"
 [http]
 host = "127.0.0.1"
 port = 0
 admin_token = "{token}"
 [storage]
-data_dir = "{path.parent / 'data'}"
+data_dir = "{path.parent / "data"}"
 [sms]
 pool = ["+48500000001", "+48500000002"]
 [daemon]
@@ -105,8 +105,13 @@ class Daemon:
 @contextlib.asynccontextmanager
 async def daemon(config: Path, env: dict[str, str]) -> AsyncIterator[Daemon]:
     proc = await asyncio.create_subprocess_exec(
-        *GATEWAY, "run", "-c", str(config),
-        env={**os.environ, **env}, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        *GATEWAY,
+        "run",
+        "-c",
+        str(config),
+        env={**os.environ, **env},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
     )
     d = Daemon(proc)
     try:
@@ -137,7 +142,9 @@ async def test_daemon_lifecycle(db_target: DbTarget, tmp_path: Path, notify_sock
         await d.wait_log("config reloaded")
         async with http.get(f"{d.url}/v1/tenants/x", headers=admin) as resp:
             assert resp.status == 401
-        async with http.get(f"{d.url}/v1/tenants/x", headers={"Authorization": "Bearer rotated-admin-token-0042"}) as resp:
+        async with http.get(
+            f"{d.url}/v1/tenants/x", headers={"Authorization": "Bearer rotated-admin-token-0042"}
+        ) as resp:
             assert resp.status == 404
 
         # SIGHUP with a broken file: rejected, the daemon keeps running with what it had
@@ -156,7 +163,9 @@ async def test_daemon_lifecycle(db_target: DbTarget, tmp_path: Path, notify_sock
 
 async def test_sigterm_lets_a_running_job_finish(db_target: DbTarget, tmp_path: Path) -> None:
     """In-process: the shutdown waits for the handler in flight and records its job as done."""
-    cfg = load(write_config(tmp_path / "g.toml", db_target, extra="[queue]\npoll_interval_seconds = 0.05"), {})
+    cfg = load(
+        write_config(tmp_path / "g.toml", db_target, extra="[queue]\npoll_interval_seconds = 0.05"), {}
+    )
     finished: list[int] = []
 
     async def slow(job: jobqueue.Job) -> None:
@@ -178,7 +187,9 @@ async def test_sigterm_lets_a_running_job_finish(db_target: DbTarget, tmp_path: 
     )
     async with asyncio.timeout(10):
         while True:  # wait until the runner holds it
-            queue = jobqueue.JobQueue(runtime.db, clock=runtime.clock, policy=jobqueue.RetryPolicy(), lease_seconds=60)
+            queue = jobqueue.JobQueue(
+                runtime.db, clock=runtime.clock, policy=jobqueue.RetryPolicy(), lease_seconds=60
+            )
             row = await queue.get(job_id)
             if row and row["status"] == "running":
                 break
@@ -197,8 +208,11 @@ async def test_sigterm_lets_a_running_job_finish(db_target: DbTarget, tmp_path: 
 
 async def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        *GATEWAY, *args, env={**os.environ, **(env or {})},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        *GATEWAY,
+        *args,
+        env={**os.environ, **(env or {})},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode is not None

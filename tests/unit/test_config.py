@@ -213,7 +213,7 @@ def test_error_str() -> None:
             "smpp.connectors[1].name",
             "duplicate",
         ),
-        (CONNECTORS.replace("tps = 12.5", "tps = 0"), "smpp.connectors[1].tps", "> 0"),
+        (CONNECTORS.replace("tps = 12.5", "tps = -1"), "smpp.connectors[1].tps", ">= 0"),
         (CONNECTORS.replace("tps = 12.5", "window = 1001"), "smpp.connectors[1].window", "<= 1000"),
         (
             CONNECTORS.replace('system_id = "gw2"', 'system_id = "sixteen_chars_id"'),

@@ -1,0 +1,113 @@
+"""Tenant routes: sending, reading and cancelling messages (SPEC 2.3)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from gateway.http.context import API, CTX
+from gateway.http.routing import Auth, Principal
+from gateway.http.schemas import MessageCreate, MessageOut, MessagesAccepted, SmsInfo, SmsPartOut
+from gateway.services.outbound import SendRequest, request_hash
+
+
+def _tenant(principal: Principal) -> str:
+    assert principal.tenant_id is not None
+    return principal.tenant_id
+
+
+@API.route(
+    "POST",
+    "/v1/messages",
+    summary="Send a text to a contact by SMS and/or email; every channel is checked before anything is sent",
+    auth=Auth.TENANT,
+    body=MessageCreate,
+    responses={202: MessagesAccepted},
+    tag="messages",
+)
+async def send_message(request: web.Request, principal: Principal, body: MessageCreate) -> web.Response:
+    ctx = request.app[CTX]
+    req = SendRequest(
+        channels=tuple(body.channels),
+        text=body.text,
+        contact_id=body.contact_id,
+        to_phone=body.to.phone if body.to else None,
+        to_email=body.to.email if body.to else None,
+        subject=body.subject,
+        html=body.html,
+        context=(body.context.type, body.context.id) if body.context else None,
+        thread_id=body.thread_id,
+        category=body.category,
+        send_at=body.send_at,
+        idempotency_key=body.idempotency_key,
+    )
+    status, result = await ctx.outbound.send(
+        _tenant(principal), req, request_hash(body.model_dump(mode="json", exclude_unset=True))
+    )
+    return web.json_response(text=MessagesAccepted.model_validate(result).model_dump_json(), status=status)
+
+
+def _message_out(message: dict[str, Any], parts: list[dict[str, Any]]) -> MessageOut:
+    sms = None
+    if message["channel"] == "sms":
+        sms = SmsInfo(
+            encoding=message["sms_encoding"] or "", parts=message["sms_parts"] or 0, sender=message["sender"]
+        )
+    return MessageOut(
+        id=message["id"],
+        direction=message["direction"],
+        channel=message["channel"],
+        status=message["status"],
+        status_reason=message["status_reason"],
+        thread_id=message["thread_id"],
+        category=message["category"],
+        sender=message["sender"],
+        recipient=message["recipient"],
+        text=message["text"],
+        sms=sms,
+        sms_parts=[
+            SmsPartOut(
+                part_no=p["part_no"],
+                status=p["status"],
+                connector=p["connector"],
+                smsc_message_id=p["smsc_message_id"],
+                status_reason=p["status_reason"],
+            )
+            for p in parts
+        ]
+        if message["channel"] == "sms"
+        else None,
+        send_at=message["send_at"],
+        created_at=message["created_at"],
+        updated_at=message["updated_at"],
+    )
+
+
+@API.route(
+    "GET",
+    "/v1/messages/{message_id}",
+    summary="A message and its status (SMS: per part)",
+    auth=Auth.TENANT,
+    responses={200: MessageOut},
+    tag="messages",
+)
+async def get_message(request: web.Request, principal: Principal) -> web.Response:
+    ctx = request.app[CTX]
+    message, parts = await ctx.messages.get(_tenant(principal), request.match_info["message_id"])
+    return web.json_response(text=_message_out(message, parts).model_dump_json())
+
+
+@API.route(
+    "DELETE",
+    "/v1/messages/{message_id}",
+    summary="Cancel a queued or scheduled message (credits come back)",
+    auth=Auth.TENANT,
+    responses={200: MessageOut},
+    tag="messages",
+)
+async def cancel_message(request: web.Request, principal: Principal) -> web.Response:
+    ctx = request.app[CTX]
+    message = await ctx.messages.cancel(_tenant(principal), request.match_info["message_id"])
+    _, parts = await ctx.messages.get(_tenant(principal), message["id"])
+    return web.json_response(text=_message_out(message, parts).model_dump_json())

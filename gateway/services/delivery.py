@@ -1,0 +1,336 @@
+"""SMS delivery: the ``sms.submit`` job (parts to the SMSC) and delivery receipts -> message status.
+
+Idempotent by construction (jobs are at-least-once): each part's state is stored, and a retried job
+only submits the parts still ``pending``. Parts whose ``submit_sm`` got no response are ``unknown``
+and are not resubmitted unless ``[sms] resubmit_unknown`` is on (duplicate risk; docs/decisions.md).
+
+Message status from its parts: any part ``failed`` -> failed (credits for parts the SMSC never
+accepted come back); every part ``delivered`` -> delivered; nothing left ``pending`` -> sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gateway.domain.ports import InboundSms, SmsTransport, SubmitPart, SubmitResult
+from gateway.domain.receipts import Receipt, ReceiptError, ReceiptState, is_receipt, parse_receipt
+from gateway.domain.sms_text import Encoding
+from gateway.domain.udh import concat_parts
+from gateway.storage import messages as repo
+from gateway.storage import tenants as tenants_repo
+from gateway.storage.jobs import Job
+from gateway.storage.tables import drops, parked_receipts, sms_parts
+
+log = logging.getLogger(__name__)
+
+#: How a connector's message ids become the key receipts are matched on: (connector, raw id, where
+#: the id came from: "resp" or "dlr") -> key.
+IdKey = Callable[[str, str, str], str]
+
+
+def default_id_key(connector: str, raw: str, source: str) -> str:
+    return raw.strip().lower()
+
+
+class RetryLaterError(Exception):
+    """Some parts could not be handed to any SMSC now; the job is retried with backoff."""
+
+
+class SmsDelivery:
+    def __init__(
+        self,
+        db: Any,
+        transport: SmsTransport,
+        clock: Callable[[], datetime],
+        *,
+        submit_timeout: float,
+        resubmit_unknown: bool = False,
+        id_key: IdKey = default_id_key,
+    ) -> None:
+        self.db = db
+        self.transport = transport
+        self.clock = clock
+        self.submit_timeout = submit_timeout
+        self.resubmit_unknown = resubmit_unknown
+        self.id_key = id_key
+        self.receipts_matched = 0
+        self.receipts_parked = 0
+
+    # --- the sms.submit job -------------------------------------------------------------------
+
+    async def handle(self, job: Job) -> None:
+        message_id: str = job.payload["message_id"]
+        ref = int(job.payload.get("ref", 0))
+        now = self.clock()
+
+        async def begin(conn: AsyncConnection) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+            message = await repo.get_message(conn, message_id)
+            if message is None:
+                return None
+            if message["status"] in ("queued", "scheduled"):
+                await repo.set_message_status(
+                    conn, message_id, "sending", now, only_from=("queued", "scheduled")
+                )
+                await _status_event(conn, message, "sending", None, now)
+            elif message["status"] != "sending":
+                return None  # cancelled, or already settled by an earlier attempt
+            return message, await repo.get_parts(conn, message_id)
+
+        state = await self.db.write(begin)
+        if state is None:
+            return
+        message, parts = state
+        wanted = {"pending", "unknown"} if self.resubmit_unknown else {"pending"}
+        todo = [p for p in parts if p["status"] in wanted]
+        submits = self._build(message, ref)
+        results: Sequence[SubmitResult] = await asyncio.gather(
+            *(self.transport.submit(submits[p["part_no"] - 1], timeout=self.submit_timeout) for p in todo)
+        )
+        last_attempt = job.attempts >= job.max_attempts
+        now = self.clock()
+
+        async def record(conn: AsyncConnection) -> bool:
+            retry = False
+            for part, result in zip(todo, results, strict=True):
+                no = part["part_no"]
+                if result.outcome == "ok" and result.message_id is not None:
+                    key = self.id_key(result.connector or "", result.message_id, "resp")
+                    await repo.update_part(
+                        conn,
+                        message_id,
+                        no,
+                        now,
+                        status="submitted",
+                        connector=result.connector,
+                        smsc_message_id=result.message_id,
+                        smsc_message_key=key,
+                        submitted_at=now,
+                        status_reason=None,
+                    )
+                    await self._apply_parked(conn, result.connector or "", key)
+                elif result.outcome == "failed":
+                    await repo.update_part(
+                        conn,
+                        message_id,
+                        no,
+                        now,
+                        status="failed",
+                        connector=result.connector,
+                        status_reason=result.status_name or "rejected",
+                    )
+                elif result.outcome == "unknown":
+                    await repo.update_part(
+                        conn,
+                        message_id,
+                        no,
+                        now,
+                        status="unknown",
+                        connector=result.connector,
+                        status_reason="no submit_sm_resp (outcome unknown)",
+                    )
+                elif last_attempt:
+                    await repo.update_part(
+                        conn,
+                        message_id,
+                        no,
+                        now,
+                        status="failed",
+                        status_reason=f"{result.outcome}: no SMSC accepted it after {job.attempts} attempts",
+                    )
+                else:
+                    retry = True
+            await settle(conn, message_id, now)
+            return retry
+
+        if await self.db.write(record):
+            raise RetryLaterError(f"message {message_id}: parts left for a later attempt")
+
+    def _build(self, message: dict[str, Any], ref: int) -> list[SubmitPart]:
+        encoding = Encoding(message["sms_encoding"])
+        _, payloads = concat_parts(message["text"], ref=ref, encoding=encoding)
+        sender: str = message["sender"]
+        if sender.startswith("+"):
+            # SPEC 2.5: numbers travel as international digits without '+', TON 1 / NPI 1 (E.164).
+            source, ton, npi = sender[1:], 1, 1
+        else:
+            source, ton, npi = sender, 5, 0  # alphanumeric (SMPP 3.4 §5.2.5 TON 5)
+        multipart = len(payloads) > 1
+        return [
+            SubmitPart(
+                source_addr=source,
+                source_ton=ton,
+                source_npi=npi,
+                destination_addr=message["recipient"].lstrip("+"),
+                esm_class=0x40 if multipart else 0x00,  # UDHI: short_message starts with the UDH
+                data_coding=0x00 if encoding is Encoding.GSM7 else 0x08,
+                short_message=payload,
+                registered_delivery=1,
+                ref=(message["id"], n),
+            )
+            for n, payload in enumerate(payloads, start=1)
+        ]
+
+    # --- receipts and MO ---------------------------------------------------------------------
+
+    async def on_inbound(self, sms: InboundSms) -> None:
+        """Called before the deliver_sm_resp: returning means "committed", raising means "resend"."""
+        if not is_receipt(sms.esm_class):
+            await self._unhandled_mo(sms)
+            return
+        try:
+            receipt = parse_receipt(sms.short_message, sms.tlvs, esm_class=sms.esm_class)
+        except ReceiptError as exc:
+            # Acknowledge it anyway: an unreadable receipt would only be redelivered forever.
+            log.warning("unreadable delivery receipt", extra={"connector": sms.connector, "error": str(exc)})
+            return
+        key = self.id_key(sms.connector, receipt.message_id, "dlr")
+        now = self.clock()
+
+        async def unit(conn: AsyncConnection) -> bool:
+            if await apply_receipt(conn, sms.connector, key, receipt, now):
+                return True
+            await conn.execute(
+                sa.insert(parked_receipts).values(
+                    connector=sms.connector,
+                    smsc_message_key=key,
+                    receipt=_receipt_json(receipt),
+                    received_at=now,
+                )
+            )
+            return False
+
+        if await self.db.write(unit):
+            self.receipts_matched += 1
+        else:
+            self.receipts_parked += 1
+
+    async def _apply_parked(self, conn: AsyncConnection, connector: str, key: str) -> None:
+        rows = (
+            await conn.execute(
+                sa.select(parked_receipts.c.id, parked_receipts.c.receipt).where(
+                    parked_receipts.c.connector == connector, parked_receipts.c.smsc_message_key == key
+                )
+            )
+        ).all()
+        for row_id, data in rows:
+            await apply_receipt(conn, connector, key, _receipt_from_json(data), self.clock())
+            await conn.execute(sa.delete(parked_receipts).where(parked_receipts.c.id == row_id))
+            self.receipts_matched += 1
+
+    async def _unhandled_mo(self, sms: InboundSms) -> None:
+        # Mobile-originated replies are routed by the inbound SMS service (its own issue); until it
+        # is wired, an MO is acknowledged and recorded as a drop so nothing vanishes silently.
+        now = self.clock()
+
+        async def unit(conn: AsyncConnection) -> None:
+            await conn.execute(
+                sa.insert(drops).values(
+                    tenant_id=None,
+                    channel="sms",
+                    reason="unsolicited",
+                    sender="+" + sms.source_addr.lstrip("+"),
+                    recipient="+" + sms.destination_addr.lstrip("+"),
+                    size_bytes=len(sms.short_message),
+                    detail=f"MO on connector {sms.connector}",
+                    created_at=now,
+                )
+            )
+
+        await self.db.write(unit)
+
+
+async def apply_receipt(
+    conn: AsyncConnection, connector: str, key: str, receipt: Receipt, now: datetime
+) -> bool:
+    """Apply a receipt to the part it reports on; False when no part has that id (yet)."""
+    q = sa.select(sms_parts.c.message_id, sms_parts.c.part_no, sms_parts.c.connector).where(
+        sms_parts.c.smsc_message_key == key
+    )
+    rows = (await conn.execute(q)).all()
+    same = [r for r in rows if r[2] == connector]
+    match = same or (rows if len(rows) == 1 else [])  # another bind of the same SMSC account
+    if not match:
+        return False
+    message_id, part_no, _ = match[0]
+    if receipt.state is ReceiptState.DELIVERED:
+        await repo.update_part(conn, message_id, part_no, now, status="delivered", status_reason=None)
+    elif receipt.state is ReceiptState.FAILED:
+        reason = f"{receipt.stat or receipt.reason}" + (f" err:{receipt.err}" if receipt.err else "")
+        await repo.update_part(conn, message_id, part_no, now, status="failed", status_reason=reason)
+    else:
+        return True  # an intermediate notification: nothing final to record
+    await settle(conn, message_id, now)
+    return True
+
+
+async def settle(conn: AsyncConnection, message_id: str, now: datetime) -> None:
+    """Derive the message status from its parts; an event for each change, refunds on failure."""
+    message = await repo.get_message(conn, message_id)
+    if message is None or message["status"] in ("cancelled",):
+        return
+    parts = await repo.get_parts(conn, message_id)
+    statuses = [p["status"] for p in parts]
+    current = message["status"]
+    if "failed" in statuses:
+        reason = next(p["status_reason"] for p in parts if p["status"] == "failed")
+        if current != "failed" and await repo.set_message_status(
+            conn, message_id, "failed", now, reason=reason
+        ):
+            # Only parts the SMSC never took are refunded; an undelivered part was still carried,
+            # and an "unknown" one may have been.
+            refundable = sum(
+                1 for p in parts if p["status"] in ("failed", "pending") and p["smsc_message_id"] is None
+            )
+            if refundable:
+                await tenants_repo.change_credits(
+                    conn, message["tenant_id"], refundable, "sms_refund", now, message_id
+                )
+            await _status_event(conn, message, "failed", reason, now)
+        return
+    if statuses and all(s == "delivered" for s in statuses):
+        if current != "delivered":
+            await repo.set_message_status(conn, message_id, "delivered", now)
+            await _status_event(conn, message, "delivered", None, now)
+        return
+    if "pending" not in statuses and current in ("queued", "scheduled", "sending"):
+        await repo.set_message_status(conn, message_id, "sent", now)
+        await _status_event(conn, message, "sent", None, now)
+
+
+async def _status_event(
+    conn: AsyncConnection, message: dict[str, Any], status: str, reason: str | None, now: datetime
+) -> None:
+    payload = {
+        "message_id": message["id"],
+        "channel": message["channel"],
+        "status": status,
+        "thread_id": message["thread_id"],
+    }
+    if reason:
+        payload["reason"] = reason
+    await repo.add_event(conn, message["tenant_id"], "message.status", payload, now)
+
+
+def _receipt_json(r: Receipt) -> dict[str, Any]:
+    data = dataclasses.asdict(r)
+    data["state"] = r.state.value
+    return data
+
+
+def _receipt_from_json(d: dict[str, Any]) -> Receipt:
+    network_error = d.get("network_error")
+    return Receipt(
+        **{
+            **d,
+            "state": ReceiptState(d["state"]),
+            "network_error": tuple(network_error) if network_error else None,
+        }
+    )

@@ -1,0 +1,191 @@
+"""Messages, their SMS parts, threads, events and idempotency keys."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gateway.storage.tables import events, idempotency_keys, messages, sms_parts, threads
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(8)}"
+
+
+# --- threads -----------------------------------------------------------------------------------
+
+
+async def thread_exists(conn: AsyncConnection, tenant_id: str, thread_id: str) -> bool:
+    q = sa.select(threads.c.id).where(threads.c.id == thread_id, threads.c.tenant_id == tenant_id)
+    return (await conn.execute(q)).first() is not None
+
+
+async def thread_for(
+    conn: AsyncConnection,
+    *,
+    tenant_id: str,
+    contact_pk: int | None,
+    context: tuple[str, str] | None,
+    now: datetime,
+) -> str:
+    """The thread a new outbound message joins: the context's thread, else the contact's ongoing
+    conversation (its newest thread without a context); created when there is none."""
+    if context is not None:
+        q = sa.select(threads.c.id).where(
+            threads.c.tenant_id == tenant_id,
+            threads.c.context_type == context[0],
+            threads.c.context_id == context[1],
+        )
+        found = (await conn.execute(q)).scalar_one_or_none()
+        if found:
+            return str(found)
+    elif contact_pk is not None:
+        q = (
+            sa.select(threads.c.id)
+            .where(
+                threads.c.tenant_id == tenant_id,
+                threads.c.contact_pk == contact_pk,
+                threads.c.context_type.is_(None),
+            )
+            .order_by(threads.c.last_message_at.desc())
+            .limit(1)
+        )
+        found = (await conn.execute(q)).scalar_one_or_none()
+        if found:
+            return str(found)
+    thread_id = new_id("thr")
+    await conn.execute(
+        sa.insert(threads).values(
+            id=thread_id,
+            tenant_id=tenant_id,
+            contact_pk=contact_pk,
+            context_type=context[0] if context else None,
+            context_id=context[1] if context else None,
+            token=secrets.token_hex(6),
+            created_at=now,
+            last_message_at=now,
+        )
+    )
+    return thread_id
+
+
+async def touch_thread(conn: AsyncConnection, thread_id: str, now: datetime) -> None:
+    await conn.execute(sa.update(threads).where(threads.c.id == thread_id).values(last_message_at=now))
+
+
+# --- messages ----------------------------------------------------------------------------------
+
+
+async def insert_message(conn: AsyncConnection, values: dict[str, Any]) -> None:
+    await conn.execute(sa.insert(messages).values(**values))
+
+
+async def insert_sms_parts(conn: AsyncConnection, message_id: str, parts: int, now: datetime) -> None:
+    await conn.execute(
+        sa.insert(sms_parts),
+        [
+            {"message_id": message_id, "part_no": n, "status": "pending", "updated_at": now}
+            for n in range(1, parts + 1)
+        ],
+    )
+
+
+async def get_message(
+    conn: AsyncConnection, message_id: str, tenant_id: str | None = None
+) -> dict[str, Any] | None:
+    q = sa.select(messages).where(messages.c.id == message_id)
+    if tenant_id is not None:
+        q = q.where(messages.c.tenant_id == tenant_id)
+    row = (await conn.execute(q)).mappings().first()
+    return dict(row) if row else None
+
+
+async def get_parts(conn: AsyncConnection, message_id: str) -> list[dict[str, Any]]:
+    q = sa.select(sms_parts).where(sms_parts.c.message_id == message_id).order_by(sms_parts.c.part_no)
+    return [dict(r) for r in (await conn.execute(q)).mappings()]
+
+
+async def set_message_status(
+    conn: AsyncConnection,
+    message_id: str,
+    status: str,
+    now: datetime,
+    *,
+    reason: str | None = None,
+    only_from: Sequence[str] | None = None,
+) -> bool:
+    """Change the status (only from the given statuses, when set); True when a row changed."""
+    q = sa.update(messages).where(messages.c.id == message_id)
+    if only_from is not None:
+        q = q.where(messages.c.status.in_(list(only_from)))
+    result = await conn.execute(q.values(status=status, status_reason=reason, updated_at=now))
+    return bool(result.rowcount)
+
+
+async def update_part(
+    conn: AsyncConnection, message_id: str, part_no: int, now: datetime, **values: Any
+) -> None:
+    await conn.execute(
+        sa.update(sms_parts)
+        .where(sms_parts.c.message_id == message_id, sms_parts.c.part_no == part_no)
+        .values(updated_at=now, **values)
+    )
+
+
+# --- events ------------------------------------------------------------------------------------
+
+
+async def add_event(
+    conn: AsyncConnection, tenant_id: str, type_: str, payload: dict[str, Any], now: datetime
+) -> None:
+    """Written in the same transaction as the change it reports (ARCHITECTURE rule 3)."""
+    await conn.execute(
+        sa.insert(events).values(tenant_id=tenant_id, type=type_, payload=payload, created_at=now)
+    )
+
+
+# --- idempotency -------------------------------------------------------------------------------
+
+
+async def get_idempotent(conn: AsyncConnection, tenant_id: str, key: str) -> dict[str, Any] | None:
+    q = sa.select(idempotency_keys).where(
+        idempotency_keys.c.tenant_id == tenant_id, idempotency_keys.c.key == key
+    )
+    row = (await conn.execute(q)).mappings().first()
+    return dict(row) if row else None
+
+
+async def put_idempotent(
+    conn: AsyncConnection,
+    tenant_id: str,
+    key: str,
+    request_hash: str,
+    status_code: int,
+    response: dict[str, Any],
+    now: datetime,
+) -> None:
+    await conn.execute(
+        sa.insert(idempotency_keys).values(
+            tenant_id=tenant_id,
+            key=key,
+            request_hash=request_hash,
+            status_code=status_code,
+            response=response,
+            created_at=now,
+        )
+    )
+
+
+async def update_idempotent(
+    conn: AsyncConnection, tenant_id: str, key: str, status_code: int, response: dict[str, Any]
+) -> None:
+    await conn.execute(
+        sa.update(idempotency_keys)
+        .where(idempotency_keys.c.tenant_id == tenant_id, idempotency_keys.c.key == key)
+        .values(status_code=status_code, response=response)
+    )
