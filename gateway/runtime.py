@@ -20,22 +20,27 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 from prometheus_client import Gauge
 
 from gateway import __version__
 from gateway import config as config_mod
-from gateway.config import Config, ConfigError
+from gateway.config import Config, ConfigError, SmppConnectorConfig
+from gateway.domain.receipts import MessageIdType, normalize_message_id
 from gateway.http.app import build_app
 from gateway.http.context import ApiContext
 from gateway.logs import setup_logging
 from gateway.sdnotify import Notifier
 from gateway.services.contacts import ContactService
+from gateway.services.delivery import SmsDelivery
 from gateway.services.jobrunner import JobRunner
-from gateway.services.outbound import MessageQueries, OutboundService, SmsSettings
+from gateway.services.outbound import SMS_JOB, MessageQueries, OutboundService, SmsSettings
 from gateway.services.tenants import TenantService
+from gateway.smpp.pool import ConnectorPool
+from gateway.smpp.session import SmppSession
+from gateway.smpp.types import DeliverSm, to_inbound
 from gateway.storage import senders
 from gateway.storage.db import Database
 from gateway.storage.jobs import JobQueue, RetryPolicy
@@ -71,6 +76,7 @@ class Runtime:
     db: Database | None = None
     api_context: ApiContext | None = None
     job_handlers: dict[str, Callable[..., Awaitable[None]]] = field(default_factory=dict)
+    smpp_pool: ConnectorPool | None = None
     _reload: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def run(self) -> None:
@@ -139,7 +145,7 @@ class Runtime:
         )
         runner = JobRunner(
             queue,
-            self.job_handlers,
+            {},
             worker_id=f"{socket.gethostname()}:{os.getpid()}",
             batch_size=cfg.queue.batch_size,
             concurrency=cfg.queue.batch_size,
@@ -178,9 +184,100 @@ class Runtime:
 
     async def _start_smpp(self, stack: contextlib.AsyncExitStack, ctx: ApiContext) -> None:
         """One session per [[smpp.connectors]]; the sms.submit job handler sends through them."""
-        if not self.config.smpp.connectors:
+        cfg = self.config
+        if not cfg.smpp.connectors:
             log.warning("no [[smpp.connectors]] configured: SMS messages stay queued until one is")
             return
+        id_types = {c.name: MessageIdType(c.message_id_type) for c in cfg.smpp.connectors}
+
+        def id_key(connector: str, raw: str, source: str) -> str:
+            where: Literal["resp", "dlr"] = "resp" if source == "resp" else "dlr"
+            return normalize_message_id(raw, id_types.get(connector, MessageIdType.AS_IS), source=where)
+
+        sessions: list[SmppSession] = []
+        delivery_ref: list[SmsDelivery] = []
+
+        def make_session(c: SmppConnectorConfig) -> SmppSession:
+            async def on_deliver(name: str, pdu: DeliverSm) -> None:
+                await delivery_ref[0].on_inbound(to_inbound(name, pdu))
+
+            async def on_late(seq: int, ref: Any, message_id: str | None, status: int) -> None:
+                await delivery_ref[0].on_late_response(c.name, ref, message_id, status)
+
+            return SmppSession(c, on_deliver=on_deliver, on_late_response=on_late)
+
+        sessions = [make_session(c) for c in cfg.smpp.connectors]
+        pool = ConnectorPool(sessions)
+        delivery = SmsDelivery(
+            ctx.db,
+            pool,
+            self.clock,
+            # Bounded by the lease: a job must not outlive its claim while it waits for a bind.
+            submit_timeout=max(1.0, cfg.queue.lease_seconds / 2),
+            resubmit_unknown=cfg.sms.resubmit_unknown,
+            id_key=id_key,
+        )
+        delivery_ref.append(delivery)
+        self.job_handlers[SMS_JOB] = delivery.handle
+        self.smpp_pool = pool
+        stop = asyncio.Event()
+        task = asyncio.create_task(pool.run(stop), name="smpp-pool")
+
+        async def ready() -> tuple[bool, dict[str, Any]]:
+            binds = pool.snapshot()
+            return (not task.done() and any(b["state"] == "bound" for b in binds)), {"binds": binds}
+
+        ctx.ready_checks["smpp"] = ready
+        self._smpp_metrics(ctx, pool, delivery)
+
+        async def shutdown() -> None:
+            stop.set()  # sessions stop sending, wait briefly for responses, unbind
+            try:
+                await asyncio.wait_for(asyncio.shield(task), self.config.daemon.shutdown_timeout_seconds)
+            except TimeoutError:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+        stack.push_async_callback(shutdown)
+
+    def _smpp_metrics(self, ctx: ApiContext, pool: ConnectorPool, delivery: SmsDelivery) -> None:
+        labels = ["connector"]
+        gauges = {
+            key: Gauge(f"gateway_smpp_{key}", help_, labels, registry=ctx.registry)
+            for key, help_ in {
+                "bound": "1 when the connector's bind is up",
+                "window_in_use": "submit_sm waiting for their response",
+                "window": "configured window",
+                "queued": "parts waiting for a window slot or a token",
+                "submitted": "submit_sm written since start",
+                "acked": "submit_sm accepted by the SMSC since start",
+                "throttled": "ESME_RTHROTTLED answers since start",
+                "failed": "parts rejected permanently since start",
+                "unknown": "parts without a response (outcome unknown) since start",
+                "reconnects": "reconnections since start",
+                "submit_rate": "submit_sm per second over the last 10 s",
+            }.items()
+        }
+        receipts = Gauge(
+            "gateway_sms_receipts", "Delivery receipts since start", ["result"], registry=ctx.registry
+        )
+        no_sender = Gauge(
+            "gateway_sms_no_sender_available", "Requests refused: no pool number free", registry=ctx.registry
+        )
+
+        async def refresh() -> None:
+            for snap in pool.snapshot():
+                name = snap["name"]
+                gauges["bound"].labels(name).set(1 if snap["state"] == "bound" else 0)
+                for key, gauge in gauges.items():
+                    if key != "bound":
+                        gauge.labels(name).set(float(snap.get(key) or 0))
+            receipts.labels("matched").set(delivery.receipts_matched)
+            receipts.labels("parked").set(delivery.receipts_parked)
+            no_sender.set(ctx.outbound.no_sender_available)
+
+        ctx.metrics_refreshers.append(refresh)
 
     async def _check_schema(self) -> None:
         cfg = self.config.database
@@ -211,6 +308,8 @@ class Runtime:
         ctx.metrics_refreshers.append(refresh)
 
     async def _start_jobs(self, stack: contextlib.AsyncExitStack, ctx: ApiContext, runner: JobRunner) -> None:
+        for kind, handler in self.job_handlers.items():
+            runner.register(kind, handler)
         stop = asyncio.Event()
         task = asyncio.create_task(runner.run(stop), name="jobrunner")
 

@@ -129,7 +129,10 @@ def clock() -> FakeClock:
 
 POOL = ("+48500000001", "+48500000002")
 SMS_SETTINGS = SmsSettings(
-    allowed_regions=("PL", "DE"), default_region="PL", max_parts=10, reply_window=timedelta(days=15),
+    allowed_regions=("PL", "DE"),
+    default_region="PL",
+    max_parts=10,
+    reply_window=timedelta(days=15),
     max_attempts=5,
 )
 

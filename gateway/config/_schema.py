@@ -88,6 +88,11 @@ class SmppConnectorConfig:
     weight: int = _opt(1, ge=1)
     enquire_link_seconds: float = _opt(30.0, gt=0)
     response_timeout_seconds: float = _opt(30.0, gt=0)
+    # How this SMSC writes message ids in submit_sm_resp vs in receipt texts (Kannel's msg-id-type):
+    # as_is | hex | decimal | hex_resp_decimal_dlr | decimal_resp_hex_dlr.
+    message_id_type: str = _opt(
+        "as_is", choices=("as_is", "hex", "decimal", "hex_resp_decimal_dlr", "decimal_resp_hex_dlr")
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,7 @@ from gateway.domain.sms_text import Encoding
 from gateway.domain.udh import concat_parts
 from gateway.storage import messages as repo
 from gateway.storage import tenants as tenants_repo
+from gateway.storage.db import lock_name
 from gateway.storage.jobs import Job
 from gateway.storage.tables import drops, parked_receipts, sms_parts
 
@@ -178,6 +179,45 @@ class SmsDelivery:
             for n, payload in enumerate(payloads, start=1)
         ]
 
+    async def on_late_response(self, connector: str, ref: Any, smsc_id: str | None, status: int) -> None:
+        """A submit_sm_resp that came after we gave up waiting: the part was not lost after all."""
+        if not (isinstance(ref, tuple) and len(ref) == 2):
+            return
+        message_id, part_no = ref
+        now = self.clock()
+
+        async def unit(conn: AsyncConnection) -> None:
+            parts = {p["part_no"]: p for p in await repo.get_parts(conn, message_id)}
+            part = parts.get(part_no)
+            if part is None or part["status"] != "unknown":
+                return
+            if status == 0 and smsc_id:
+                key = self.id_key(connector, smsc_id, "resp")
+                await repo.update_part(
+                    conn,
+                    message_id,
+                    part_no,
+                    now,
+                    status="submitted",
+                    connector=connector,
+                    smsc_message_id=smsc_id,
+                    smsc_message_key=key,
+                    status_reason=None,
+                )
+                await self._apply_parked(conn, connector, key)
+            else:
+                await repo.update_part(
+                    conn,
+                    message_id,
+                    part_no,
+                    now,
+                    status="failed",
+                    status_reason=f"late response 0x{status:08X}",
+                )
+            await settle(conn, message_id, now)
+
+        await self.db.write(unit)
+
     # --- receipts and MO ---------------------------------------------------------------------
 
     async def on_inbound(self, sms: InboundSms) -> None:
@@ -191,10 +231,13 @@ class SmsDelivery:
             # Acknowledge it anyway: an unreadable receipt would only be redelivered forever.
             log.warning("unreadable delivery receipt", extra={"connector": sms.connector, "error": str(exc)})
             return
-        key = self.id_key(sms.connector, receipt.message_id, "dlr")
+        # receipted_message_id (TLV) is in the submit_sm_resp's format; the text's id may not be.
+        key = self.id_key(sms.connector, receipt.message_id, "resp" if receipt.id_source == "tlv" else "dlr")
         now = self.clock()
 
         async def unit(conn: AsyncConnection) -> bool:
+            # Same lock as _apply_parked: either we see the part's id, or it sees our parked row.
+            await lock_name(conn, f"receipt:{key}")
             if await apply_receipt(conn, sms.connector, key, receipt, now):
                 return True
             await conn.execute(
@@ -213,6 +256,7 @@ class SmsDelivery:
             self.receipts_parked += 1
 
     async def _apply_parked(self, conn: AsyncConnection, connector: str, key: str) -> None:
+        await lock_name(conn, f"receipt:{key}")
         rows = (
             await conn.execute(
                 sa.select(parked_receipts.c.id, parked_receipts.c.receipt).where(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import time
 from collections import deque
@@ -55,9 +56,21 @@ def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> 
 
 class PendingSubmit:
     """A part handed to a session. ``state``: new, queued, inflight or done; ``sent`` once its bytes went
-    to the socket; ``future`` gets the one :class:`SubmitResult`."""
+    to the socket; ``transient``: times throttled/queue-full; ``future`` gets the one
+    :class:`SubmitResult`."""
 
-    __slots__ = ("future", "order", "part", "raw", "reroutable", "sent", "state", "timer", "transient")
+    __slots__ = (
+        "deadline",
+        "future",
+        "order",
+        "part",
+        "raw",
+        "reroutable",
+        "sent",
+        "state",
+        "timer",
+        "transient",
+    )
 
     def __init__(self, part: SubmitPart, order: int, reroutable: bool) -> None:
         self.part = part
@@ -69,6 +82,7 @@ class PendingSubmit:
         self.sent = False
         self.timer: asyncio.TimerHandle | None = None
         self.transient = 0
+        self.deadline = math.inf  # monotonic time after which it must not be (re)queued
 
     def __lt__(self, other: PendingSubmit) -> bool:
         return self.order < other.order
@@ -119,7 +133,7 @@ class Link:
                 self.mode, seq, system_id=cfg.system_id, password=cfg.password, system_type=cfg.system_type
             )
             resp = await self._request(bind, seq, f"bind_{self.mode}", cfg.response_timeout_seconds)
-            if resp.command_status != ESME_ROK:
+            if resp.command_status != ESME_ROK or resp.command != f"bind_{self.mode}_resp":
                 s.bind_failures += 1
                 code = resp.command_status
                 raise BindError(s.name, f"bind_{self.mode}", code, status_name(code))
@@ -133,7 +147,7 @@ class Link:
             tasks.append(stopper)
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             if stopper in done:
-                await self._unbind(tasks[2:])
+                await self._unbind(tasks)
             else:
                 s._error(self._why(done))
         except (SmppError, OSError) as exc:
@@ -156,8 +170,12 @@ class Link:
         return "unbound by the SMSC"
 
     async def _unbind(self, tasks: list[asyncio.Task[Any]]) -> None:
-        for task in tasks:
+        """Graceful end: ``tasks`` are reader, writer, enquire_link loop, sender (if any), stop waiter."""
+        io, others = tasks[:2], tasks[2:]
+        for task in others:
             task.cancel()  # enquire_link and sender: nothing new goes out
+        if any(task.done() for task in io):
+            return  # the connection is gone already
         self._state("unbinding")
         timeout = self.s.unbind_timeout
         if self.inflight:
@@ -320,5 +338,3 @@ class Link:
         log.warning("smpp %s: no submit_sm_resp for #%d: outcome unknown", self.s.name, seq)
         self.s.unknown += 1
         self.s._resolve(item, "unknown", reason=RESPONSE_TIMEOUT)
-
-

@@ -1,6 +1,6 @@
 """One SMPP connector: a ``transceiver`` bind, or a ``transmitter`` + ``receiver`` pair.
 
-Each connection (``_Link``) goes ``disconnected -> connecting -> binding -> bound -> unbinding``. Framing
+Each connection (``Link``) goes ``disconnected -> connecting -> binding -> bound -> unbinding``. Framing
 is ours: ``readexactly`` of the 16-byte header, then of ``command_length - 16``; a bad length loses the
 framing and resets the connection. A writer task sends what is queued, answers (``enquire_link_resp``,
 ``deliver_sm_resp``, ``generic_nack``...) before requests. Requests wait in a ``{sequence: future}`` map.
@@ -47,6 +47,7 @@ import heapq
 import inspect
 import itertools
 import logging
+import math
 import random
 import time
 from collections import deque
@@ -59,27 +60,19 @@ from gateway.smpp.codec import (
     ESME_ROK,
     ESME_RTHROTTLED,
     ESME_RX_T_APPN,
-    HEADER_LENGTH,
     BindMode,
     Pdu,
     SequenceGenerator,
-    decode,
-    decode_header,
-    encode_bind,
-    encode_enquire_link,
     encode_response,
     encode_submit_sm,
-    encode_unbind,
     status_name,
-    with_sequence,
 )
-from gateway.smpp.errors import BindError, ConnectionClosedError, PduDecodeError, PduEncodeError, SmppError
-from gateway.smpp.errors import ResponseTimeoutError
+from gateway.smpp.errors import PduEncodeError
+from gateway.smpp.link import Link, PendingSubmit, backoff_delay
 from gateway.smpp.types import (
     CONNECTION_LOST,
     ENCODE_ERROR,
     QUEUE_TIMEOUT,
-    RESPONSE_TIMEOUT,
     SHUTDOWN,
     DeliverSm,
     SubmitOutcome,
@@ -94,7 +87,7 @@ OnDeliver = Callable[[str, DeliverSm], Awaitable[None]]
 OnLateResponse = Callable[[int, Any, "str | None", int], "Awaitable[None] | None"]
 
 RATE_WINDOW_SECONDS = 10.0  # snapshot()["submit_rate"] averages over this
-_ORDER = itertools.count()
+_ORDER = itertools.count()  # arrival order of parts, shared by all sessions
 
 
 class TokenBucket:
@@ -114,8 +107,8 @@ class TokenBucket:
         now = self._clock()
         self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
         self._last = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
+        if self._tokens >= 1.0 - 1e-9:  # float sums of refills land just under 1.0
+            self._tokens = max(0.0, self._tokens - 1.0)
             return 0.0
         return (1.0 - self._tokens) / self.rate
 
@@ -163,7 +156,7 @@ class SmppSession:
         )
         self._modes = modes
         self._states: dict[BindMode, State] = dict.fromkeys(modes, "disconnected")
-        self._links: dict[BindMode, _Link | None] = dict.fromkeys(modes)
+        self._links: dict[BindMode, Link | None] = dict.fromkeys(modes)
         self._seq = SequenceGenerator()
         self._queue: list[PendingSubmit] = []  # heap by order
         self._queued = 0
@@ -207,6 +200,7 @@ class SmppSession:
                 log.exception("smpp %s: state listener failed", self.name)
 
     def _error(self, message: str) -> None:
+        message = message.removeprefix(f"{self.name}: ")  # our errors name the connector too
         self.last_error = message
         log.warning("smpp %s: %s", self.name, message)
 
@@ -232,7 +226,7 @@ class SmppSession:
     async def _link_loop(self, mode: BindMode, stop: asyncio.Event) -> None:
         attempt = 0
         while not stop.is_set():
-            link = self._links[mode] = _Link(self, mode)
+            link = self._links[mode] = Link(self, mode)
             try:
                 bound = await link.serve(stop)
             finally:
@@ -246,7 +240,7 @@ class SmppSession:
                 await asyncio.wait_for(stop.wait(), delay)
             self.reconnects += 1
 
-    def _link_down(self, link: _Link) -> None:
+    def _link_down(self, link: Link) -> None:
         for item in link.inflight.values():
             if item.sent:
                 self.unknown += 1
@@ -278,7 +272,9 @@ class SmppSession:
         by ``response_timeout_seconds`` (then ``unknown``). Parts survive reconnects while queued."""
         return await self.wait(self.enqueue(part), timeout)
 
-    def enqueue(self, part: SubmitPart, *, reroutable: bool = False, order: int | None = None) -> PendingSubmit:
+    def enqueue(
+        self, part: SubmitPart, *, reroutable: bool = False, order: int | None = None
+    ) -> PendingSubmit:
         """Queue a part (for :meth:`wait`). ``reroutable``: when the bind goes down before the part is
         written, resolve it ``retry``/``CONNECTION_LOST`` (the pool moves it) instead of keeping it."""
         item = PendingSubmit(part, next(_ORDER) if order is None else order, reroutable)
@@ -299,19 +295,28 @@ class SmppSession:
         return item
 
     async def wait(self, item: PendingSubmit, timeout: float) -> SubmitResult:
-        """The result of an :meth:`enqueue` d part; unwritten after ``timeout`` -> ``retry``. Cancelling
-        the caller withdraws the part if it is not written yet."""
+        """The result of an :meth:`enqueue` d part. Not written within ``timeout`` (or due to go back into
+        the queue after it, e.g. throttled) -> ``retry``/``QUEUE_TIMEOUT``. Cancelling the caller
+        withdraws the part unless it is in flight."""
+        timeout = max(0.0, timeout)
+        item.deadline = time.monotonic() + timeout
         try:
-            await asyncio.wait({item.future}, timeout=max(0.0, timeout))
+            await asyncio.wait({item.future}, timeout=timeout)
+            if item.state == "queued":
+                self._resolve(item, "retry", reason=QUEUE_TIMEOUT)
+            return await asyncio.shield(item.future)
         except asyncio.CancelledError:
+            item.deadline = -math.inf  # nobody waits for it: never (re)send it
             if item.state == "queued":
                 self._resolve(item, "retry", reason=QUEUE_TIMEOUT)
             raise
-        if item.state == "queued":
-            self._resolve(item, "retry", reason=QUEUE_TIMEOUT)
-        return await asyncio.shield(item.future)
 
     def _requeue(self, item: PendingSubmit) -> None:
+        if item.timer is not None:
+            item.timer.cancel()
+        if time.monotonic() >= item.deadline:  # throttled or cut off after its caller's timeout
+            self._resolve(item, "retry", reason=QUEUE_TIMEOUT)
+            return
         item.state, item.sent = "queued", False
         heapq.heappush(self._queue, item)
         self._queued += 1
@@ -406,7 +411,7 @@ class SmppSession:
 
     # ---- inbound ----------------------------------------------------------------------------------
 
-    async def _deliver(self, link: _Link, message: DeliverSm) -> None:
+    async def _deliver(self, link: Link, message: DeliverSm) -> None:
         status = ESME_ROK
         if self._on_deliver is not None:
             try:

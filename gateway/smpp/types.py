@@ -15,8 +15,10 @@ status_name               outcome      meaning
                                        as far as this layer knows; the job layer may retry some by name)
 ``ESME_RTHROTTLED``,      retry        the SMSC said throttled / queue full more than
 ``ESME_RMSGQFUL``                      ``max_transient_retries`` times in a row for this part
-``QUEUE_TIMEOUT``         retry        ``timeout`` ran out before the part was written (no bind, window or
-                                       tokens); never written, so resubmitting cannot duplicate
+``QUEUE_TIMEOUT``         retry        ``timeout`` ran out before the part was written (no bind, window,
+                                       token, or a throttling pause), or it was due to be queued again
+                                       after the timeout (throttled, or its bind lost before writing it);
+                                       not accepted by the SMSC, so resubmitting cannot duplicate
 ``CONNECTION_LOST``       retry        the bind went down before the part was written (the pool re-routes
                                        these itself and only returns them when the timeout ran out)
 ``SHUTDOWN``              retry        the session stopped before the part was written
@@ -34,7 +36,7 @@ from datetime import datetime
 from typing import Any
 
 # The part/result types are the domain's (``SmsTransport`` port): ConnectorPool implements that port.
-from gateway.domain.ports import SubmitOutcome, SubmitPart, SubmitResult
+from gateway.domain.ports import InboundSms, SubmitOutcome, SubmitPart, SubmitResult
 
 __all__ = [
     "CONNECTION_LOST",
@@ -82,3 +84,26 @@ class DeliverSm:
     tlvs: dict[str, Any]
     received_at: datetime
     command: str = "deliver_sm"
+
+
+def to_inbound(connector: str, pdu: DeliverSm) -> InboundSms:
+    """The domain's view of a deliver_sm/data_sm (a data_sm carries its text in message_payload)."""
+    payload = pdu.short_message
+    if not payload:
+        raw = pdu.tlvs.get("message_payload")
+        if isinstance(raw, bytes | bytearray):
+            payload = bytes(raw)
+        elif isinstance(raw, str):
+            payload = raw.encode("latin-1")
+    return InboundSms(
+        connector=connector,
+        source_addr=pdu.source_addr,
+        source_ton=pdu.source_ton,
+        destination_addr=pdu.destination_addr,
+        dest_ton=pdu.dest_ton,
+        esm_class=pdu.esm_class,
+        data_coding=pdu.data_coding,
+        short_message=payload,
+        tlvs=pdu.tlvs,
+        received_at=pdu.received_at,
+    )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -229,3 +230,16 @@ class Database:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
         await self.engine.dispose()
+
+
+async def lock_name(conn: AsyncConnection, name: str) -> None:
+    """Serialise transactions that touch ``name`` until they end (PostgreSQL advisory lock).
+
+    For check-then-act races between concurrent transactions: e.g. a delivery receipt looking for
+    its part while the part's message id is being recorded. SQLite needs nothing: its writers are
+    serial already.
+    """
+    if conn.dialect.name != "postgresql":
+        return
+    key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+    await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})

@@ -10,8 +10,24 @@ import json
 import random
 from typing import Any
 
-FIELDS = ["name", "mailbox_prefix", "phones", "emails", "consent", "sms_sender", "attachments", "text",
-          "amount", "trusted_domains", "blocked", "mode", "alphanumeric", "save", "quota_bytes", "sms"]
+FIELDS = [
+    "name",
+    "mailbox_prefix",
+    "phones",
+    "emails",
+    "consent",
+    "sms_sender",
+    "attachments",
+    "text",
+    "amount",
+    "trusted_domains",
+    "blocked",
+    "mode",
+    "alphanumeric",
+    "save",
+    "quota_bytes",
+    "sms",
+]
 
 
 def value(rng: random.Random, depth: int = 0) -> Any:
@@ -23,8 +39,24 @@ def value(rng: random.Random, depth: int = 0) -> Any:
     if kind == 2:
         return rng.choice([0, -1, 1, 2**63, -(2**70), 160, 1.5, 1e308])
     if kind == 3:
-        return rng.choice(["", "a", "+48500100200", "ab", "x" * 300, "postmaster", "\u0000", "😀" * 80,
-                           "jan@example.com", "pool", "alphanumeric", "SERWIS", "€{}[]", "\ud83d"])
+        return rng.choice(
+            [
+                "",
+                "a",
+                "+48500100200",
+                "ab",
+                "x" * 300,
+                "postmaster",
+                "\u0000",
+                "😀" * 80,
+                "jan@example.com",
+                "pool",
+                "alphanumeric",
+                "SERWIS",
+                "€{}[]",
+                "\ud83d",
+            ]
+        )
     if kind == 4:
         return "".join(chr(rng.randrange(32, 0x2FFF)) for _ in range(rng.randrange(12)))
     if kind == 5:
@@ -55,7 +87,9 @@ async def test_random_input_never_breaks_the_api(api: Any) -> None:
             if rng.random() < 0.1:
                 raw = raw[: rng.randrange(len(raw) + 1)]
             resp = await api.request(
-                method, path.replace("{id}", ident), data=raw,
+                method,
+                path.replace("{id}", ident),
+                data=raw,
                 headers={**headers, "Content-Type": "application/json"},
             )
             text = await resp.text()

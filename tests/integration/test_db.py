@@ -30,7 +30,9 @@ async def test_schema_is_at_head(db_target) -> None:
 async def test_concurrent_writes_commit_and_a_failing_unit_is_rolled_back_alone(db: Database) -> None:
     def insert(n: int, fail: bool = False):
         async def unit(conn: AsyncConnection) -> int:
-            await conn.execute(sa.insert(sender_numbers).values(e164=f"+4850000{n:04d}", active=True, created_at=NOW))
+            await conn.execute(
+                sa.insert(sender_numbers).values(e164=f"+4850000{n:04d}", active=True, created_at=NOW)
+            )
             if fail:
                 raise ValueError(f"unit {n} refused")
             return n

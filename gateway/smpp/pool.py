@@ -1,0 +1,119 @@
+"""``ConnectorPool``: sends each part through one of several connectors (implements ``SmsTransport``).
+
+Routing: smooth weighted round-robin (nginx's) over the connectors that are bound right now, by
+``weight``; a connector that is not bound is skipped and its share goes to the others. Each part is
+queued on the chosen session as *reroutable*: if that connector goes down while the part still waits for
+a window slot, a throttling pause or a token (its ``submit_sm`` not written), the part comes back and is
+queued on another bound connector, keeping its place in line (its original arrival order). A part whose
+``submit_sm`` was written is never moved nor re-sent (see the duplicate-risk policy in
+:mod:`gateway.smpp.session`).
+
+``submit(part, timeout=...)``: ``timeout`` bounds the wait for a route, a window slot and a token. If no
+connector is bound during the whole timeout, the outcome is ``no_route`` (retryable, nothing was sent);
+bound but still not written at the deadline: ``retry`` (``QUEUE_TIMEOUT``, or ``CONNECTION_LOST`` when
+the last connector tried went down just then). Once written, the wait for the ``submit_sm_resp`` is
+bounded by the connector's ``response_timeout_seconds`` (then ``unknown``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from gateway.config import SmppConnectorConfig
+from gateway.smpp.session import SmppSession
+from gateway.smpp.types import CONNECTION_LOST, NO_ROUTE, SubmitPart, SubmitResult
+
+log = logging.getLogger(__name__)
+
+
+class ConnectorPool:
+    """Several :class:`SmppSession` s behind one ``submit``. Start :meth:`run` to keep them bound."""
+
+    def __init__(self, sessions: Iterable[SmppSession]) -> None:
+        self._sessions = tuple(sessions)
+        names = [session.name for session in self._sessions]
+        if len(set(names)) != len(names):
+            raise ValueError(f"connector names must be unique: {names}")
+        self._current = dict.fromkeys(names, 0)
+        self._any_bound = asyncio.Event()
+        for session in self._sessions:
+            session.add_state_listener(self._on_state)
+
+    @classmethod
+    def from_config(cls, connectors: Iterable[SmppConnectorConfig], **session_kwargs: Any) -> ConnectorPool:
+        """One :class:`SmppSession` per connector; ``session_kwargs`` (``on_deliver``,
+        ``on_late_response``, backoff bounds...) go to every session."""
+        return cls(SmppSession(config, **session_kwargs) for config in connectors)
+
+    @property
+    def sessions(self) -> tuple[SmppSession, ...]:
+        return self._sessions
+
+    def session(self, name: str) -> SmppSession:
+        for session in self._sessions:
+            if session.name == name:
+                return session
+        raise KeyError(name)
+
+    def healthy(self) -> list[SmppSession]:
+        """The connectors that can take submits now (their submitting bind is ``bound``)."""
+        return [session for session in self._sessions if session.is_bound]
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run every session until ``stop`` is set (each then unbinds)."""
+        async with asyncio.TaskGroup() as group:
+            for session in self._sessions:
+                group.create_task(session.run(stop), name=f"smpp-{session.name}")
+
+    def _on_state(self, _session: SmppSession) -> None:
+        if any(session.is_bound for session in self._sessions):
+            self._any_bound.set()
+        else:
+            self._any_bound.clear()
+
+    def pick(self) -> SmppSession | None:
+        """The next bound connector by smooth weighted round-robin, None if none is bound."""
+        healthy = self.healthy()
+        if not healthy:
+            return None
+        total = 0
+        best = healthy[0]
+        for session in healthy:
+            weight = session.config.weight
+            total += weight
+            self._current[session.name] += weight
+            if self._current[session.name] > self._current[best.name]:
+                best = session
+        self._current[best.name] -= total
+        return best
+
+    async def submit(self, part: SubmitPart, *, timeout: float) -> SubmitResult:
+        """Send one part through a bound connector; see the module docstring for outcomes."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        order: int | None = None
+        while True:
+            remaining = deadline - loop.time()
+            session = self.pick()
+            if session is None:
+                if remaining <= 0:
+                    return SubmitResult("no_route", None, None, NO_ROUTE, None)
+                try:
+                    await asyncio.wait_for(self._any_bound.wait(), remaining)
+                except TimeoutError:
+                    return SubmitResult("no_route", None, None, NO_ROUTE, None)
+                continue
+            item = session.enqueue(part, reroutable=True, order=order)
+            order = item.order
+            result = await session.wait(item, remaining)
+            lost = result.outcome == "retry" and result.status_name == CONNECTION_LOST
+            if not lost or deadline - loop.time() <= 0:
+                return result
+            log.info("smpp %s went down before sending a part; re-routing it", session.name)
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """One dict per connector (see :meth:`SmppSession.snapshot`), for /readyz and /metrics."""
+        return [session.snapshot() for session in self._sessions]
