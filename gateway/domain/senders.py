@@ -3,13 +3,15 @@
 Allocation rule (what makes SMS replies routable): a (pool number, customer number) pair belongs
 to at most one tenant while its last use is within the reply window. A tenant keeps the number it
 used for a customer (sticky, so the customer sees one thread); when it writes to a customer for the
-first time it takes a number that no other tenant holds for that customer, preferring the least
-loaded one so traffic spreads over the pool.
+first time it takes a number that no other tenant holds for that customer; which of the free
+numbers is a stable hash of the customer number, so customers spread evenly over the pool without
+counting assignments (a count per request grows with the customer base).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -35,14 +37,14 @@ def allocate(
     tenant_id: str,
     pool: Sequence[str],
     holdings: Sequence[Holding],
-    load: Mapping[str, int],
+    customer: str,
     now: datetime,
     reply_window: timedelta,
 ) -> Allocation | None:
     """The number ``tenant_id`` should use for a customer, given who holds which number for them.
 
-    ``pool`` is the active pool; ``holdings`` every assignment for this customer (any tenant);
-    ``load`` how many customers each number serves (for spreading). None: no number is free.
+    ``pool`` is the active pool; ``holdings`` every assignment for this customer (any tenant).
+    None: no number is free.
     """
     active = set(pool)
     for h in holdings:
@@ -53,5 +55,6 @@ def allocate(
     free = [n for n in pool if n not in busy]
     if not free:
         return None
-    best = min(free, key=lambda n: (load.get(n, 0), n))
+    digest = hashlib.blake2b(customer.encode(), digest_size=8).digest()
+    best = sorted(free)[int.from_bytes(digest, "big") % len(free)]
     return Allocation(best, takes_over=best in expired)

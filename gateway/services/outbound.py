@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.domain import sms_text
-from gateway.domain.model import Channel, Contact, Phone, SenderMode, Tenant
+from gateway.domain.model import Channel, Contact, Phone, SenderMode
 from gateway.domain.policy import Deny, SmsTarget, check_sms, choose_sms_phone
 from gateway.domain.senders import allocate
 from gateway.domain.udh import ReferenceCounter
@@ -108,7 +108,7 @@ class OutboundService:
                     return _replay(stored, request_hash)
                 # Claim the key first: a concurrent twin blocks here (PostgreSQL) until we commit.
                 await repo.put_idempotent(conn, tenant_id, req.idempotency_key, request_hash, 0, {}, now)
-            tenant = await tenants_repo.load_tenant(conn, tenant_id)
+            tenant = await tenants_repo.sending_profile(conn, tenant_id)
             if tenant is None:
                 raise NotFoundError("tenant", tenant_id)
             contact, contact_pk = await self._recipient(conn, tenant_id, req)
@@ -142,7 +142,7 @@ class OutboundService:
             if refusals:
                 raise ChannelsRefusedError({c: (d.reason, d.detail) for c, d in refusals.items()})
 
-            thread_id = await self._thread(conn, tenant_id, contact_pk, req, now)
+            thread_id, thread_created = await self._thread(conn, tenant_id, contact_pk, req, now)
             status = "scheduled" if req.send_at and req.send_at > now else "queued"
             out: list[dict[str, Any]] = []
             if sms_target is not None:
@@ -151,7 +151,8 @@ class OutboundService:
                         conn, tenant, contact_pk, sms_target, req, thread_id, status, encoding, parts, now
                     )
                 )
-            await repo.touch_thread(conn, thread_id, now)
+            if not thread_created:
+                await repo.touch_thread(conn, thread_id, now)
             body = {"messages": out}
             if req.idempotency_key:
                 await repo.update_idempotent(conn, tenant_id, req.idempotency_key, 202, body)
@@ -184,6 +185,11 @@ class OutboundService:
                     found = await contacts_repo.load_contacts(conn, tenant_id, pks[:1])
                     return found[0], pks[0]
             return None, None
+        if Channel.EMAIL not in req.channels:
+            for_sms = await contacts_repo.load_for_sms(conn, tenant_id, req.contact_id)
+            if for_sms is None:
+                raise NotFoundError("contact", req.contact_id)
+            return for_sms
         pk = await contacts_repo.contact_pk(conn, tenant_id, req.contact_id)
         if pk is None:
             raise NotFoundError("contact", req.contact_id)
@@ -192,19 +198,19 @@ class OutboundService:
 
     async def _thread(
         self, conn: AsyncConnection, tenant_id: str, contact_pk: int | None, req: SendRequest, now: datetime
-    ) -> str:
+    ) -> tuple[str, bool]:
         if req.thread_id is not None:
             if not await repo.thread_exists(conn, tenant_id, req.thread_id):
                 raise NotFoundError("thread", req.thread_id)
-            return req.thread_id
-        return await repo.thread_for(
+            return req.thread_id, False
+        return await repo.find_or_create_thread(
             conn, tenant_id=tenant_id, contact_pk=contact_pk, context=req.context, now=now
         )
 
     async def _persist_sms(
         self,
         conn: AsyncConnection,
-        tenant: Tenant,
+        tenant: dict[str, Any],
         contact_pk: int | None,
         target: SmsTarget,
         req: SendRequest,
@@ -215,16 +221,17 @@ class OutboundService:
         now: datetime,
     ) -> dict[str, Any]:
         customer = target.phone.e164
-        if tenant.sms_sender_mode is SenderMode.ALPHANUMERIC:
-            sender = tenant.sms_alphanumeric or ""
+        tenant_id: str = tenant["id"]
+        if tenant["sms_sender_mode"] == SenderMode.ALPHANUMERIC:
+            sender = tenant["sms_alphanumeric"] or ""
         else:
-            pool, load = await assignments.active_pool_with_load(conn)
+            pool = await assignments.active_pool(conn)
             holdings = await assignments.holdings_for_customer(conn, customer)
             allocation = allocate(
-                tenant_id=tenant.id,
+                tenant_id=tenant_id,
                 pool=pool,
                 holdings=holdings,
-                load=load,
+                customer=customer,
                 now=now,
                 reply_window=self.settings.reply_window,
             )
@@ -235,7 +242,7 @@ class OutboundService:
                 )
             await assignments.record_use(
                 conn,
-                tenant_id=tenant.id,
+                tenant_id=tenant_id,
                 customer_e164=customer,
                 allocation=allocation,
                 contact_pk=contact_pk,
@@ -243,16 +250,21 @@ class OutboundService:
                 now=now,
             )
             sender = allocation.sender
-        if await tenants_repo.change_credits(conn, tenant.id, -parts, "sms_reserved", now, None) is None:
+        if await tenants_repo.change_credits(conn, tenant_id, -parts, "sms_reserved", now, None) is None:
             raise ChannelsRefusedError(
-                {"sms": ("insufficient_credits", f"{parts} credits needed, {tenant.sms_credits} available")}
+                {
+                    "sms": (
+                        "insufficient_credits",
+                        f"{parts} credits needed, {tenant['sms_credits']} available",
+                    )
+                }
             )
         message_id = repo.new_id("msg")
         await repo.insert_message(
             conn,
             {
                 "id": message_id,
-                "tenant_id": tenant.id,
+                "tenant_id": tenant_id,
                 "thread_id": thread_id,
                 "contact_pk": contact_pk,
                 "direction": "outbound",
@@ -265,6 +277,13 @@ class OutboundService:
                 "sms_encoding": encoding.value,
                 "sms_parts": parts,
                 "send_at": req.send_at,
+                "html": None,
+                "subject": None,
+                "status_reason": None,
+                "email_message_id": None,
+                "in_reply_to": None,
+                "size_bytes": None,
+                "note": None,
                 "created_at": now,
                 "updated_at": now,
             },
@@ -278,12 +297,12 @@ class OutboundService:
             now=now,
             run_at=req.send_at,
             message_id=message_id,
-            tenant_id=tenant.id,
+            tenant_id=tenant_id,
             max_attempts=self.settings.max_attempts,
         )
         await repo.add_event(
             conn,
-            tenant.id,
+            tenant_id,
             "message.status",
             {"message_id": message_id, "channel": "sms", "status": status, "thread_id": thread_id},
             now,

@@ -22,22 +22,13 @@ async def holdings_for_customer(conn: AsyncConnection, customer_e164: str) -> li
     return [Holding(sender=r[0], tenant_id=r[1], last_used_at=r[2]) for r in rows]
 
 
-async def active_pool_with_load(conn: AsyncConnection) -> tuple[list[str], dict[str, int]]:
-    pool = list(
-        (
-            await conn.execute(
-                sa.select(sender_numbers.c.e164)
-                .where(sender_numbers.c.active.is_(True))
-                .order_by(sender_numbers.c.e164)
-            )
-        ).scalars()
-    )
-    load_rows = await conn.execute(
-        sa.select(sender_assignments.c.sender_e164, sa.func.count()).group_by(
-            sender_assignments.c.sender_e164
-        )
-    )
-    return pool, {r[0]: int(r[1]) for r in load_rows}
+_ACTIVE_POOL = (
+    sa.select(sender_numbers.c.e164).where(sender_numbers.c.active.is_(True)).order_by(sender_numbers.c.e164)
+)
+
+
+async def active_pool(conn: AsyncConnection) -> list[str]:
+    return list((await conn.execute(_ACTIVE_POOL)).scalars())
 
 
 async def record_use(

@@ -139,3 +139,33 @@ async def pks_by_email(conn: AsyncConnection, tenant_id: str, email: str) -> lis
         contact_emails.c.tenant_id == tenant_id, contact_emails.c.email == email
     )
     return [int(pk) for pk in (await conn.execute(q)).scalars()]
+
+
+_CONTACT_FOR_SEND = sa.select(contacts).where(
+    contacts.c.tenant_id == sa.bindparam("t_id"), contacts.c.contact_id == sa.bindparam("c_id")
+)
+_PHONES_FOR_SEND = (
+    sa.select(contact_phones.c.e164, contact_phones.c.number_type, contact_phones.c.region)
+    .where(contact_phones.c.contact_pk == sa.bindparam("pk"))
+    .order_by(contact_phones.c.position)
+)
+
+
+async def load_for_sms(conn: AsyncConnection, tenant_id: str, contact_id: str) -> tuple[Contact, int] | None:
+    """A contact with its phones (not its emails): the two queries sending an SMS needs."""
+    r = (await conn.execute(_CONTACT_FOR_SEND, {"t_id": tenant_id, "c_id": contact_id})).mappings().first()
+    if r is None:
+        return None
+    phones = tuple(Phone(*row) for row in await conn.execute(_PHONES_FOR_SEND, {"pk": r["pk"]}))
+    contact = Contact(
+        tenant_id=r["tenant_id"],
+        contact_id=r["contact_id"],
+        name=r["name"],
+        phones=phones,
+        emails=(),
+        consent=Consent(sms=r["consent_sms"], email=r["consent_email"], marketing=r["consent_marketing"]),
+        blocked=r["blocked"],
+        created_at=r["created_at"],
+        updated_at=r["updated_at"],
+    )
+    return contact, int(r["pk"])

@@ -8,6 +8,12 @@ SQLite allows one writer at a time and each commit costs an fsync, so there one 
 units that arrive together in a single transaction (group commit), each inside its own SAVEPOINT: a
 unit that raises is rolled back alone and its caller gets the exception, the others still commit. On
 PostgreSQL each unit simply gets its own transaction from the pool; the server handles concurrency.
+
+The SQLite writer executes its statements on the event loop thread, through a plain (sync) sqlite3
+connection behind an ``AsyncConnection`` look-alike (:class:`LoopConnection`): a statement on a local
+SQLite file takes microseconds, while handing each one to aiosqlite's thread cost three or four thread
+round trips. Only what can block is done in a worker thread: taking the write lock (``BEGIN
+IMMEDIATE`` may wait for another process) and ``COMMIT`` (the fsync). Reads use aiosqlite's pool.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
@@ -75,8 +81,24 @@ def make_engine(
     raise ValueError(f"unsupported database url scheme: {parsed.drivername}")
 
 
+def _sqlite_sync_engine(url: str, busy_timeout_ms: int) -> Engine:
+    """The group writer's own connection: the same file through the stdlib driver, usable from the
+    loop thread and from worker threads in turn (never at the same time)."""
+    parsed = make_url(url).set(drivername="sqlite")
+    engine = create_engine(
+        parsed,
+        poolclass=NullPool,
+        connect_args={"timeout": busy_timeout_ms / 1000, "check_same_thread": False},
+    )
+    _setup_sqlite_events(engine, busy_timeout_ms)
+    return engine
+
+
 def _setup_sqlite(engine: AsyncEngine, busy_timeout_ms: int) -> None:
-    sync_engine = engine.sync_engine
+    _setup_sqlite_events(engine.sync_engine, busy_timeout_ms)
+
+
+def _setup_sqlite_events(sync_engine: Engine, busy_timeout_ms: int) -> None:
 
     @event.listens_for(sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -99,6 +121,37 @@ def _setup_sqlite(engine: AsyncEngine, busy_timeout_ms: int) -> None:
             conn.exec_driver_sql("BEGIN")
 
 
+class LoopConnection:
+    """The part of :class:`AsyncConnection` units use, over a sync Connection run on the loop thread.
+
+    ``execute`` returns the same buffered ``CursorResult`` ``AsyncConnection.execute`` does, so a unit
+    cannot tell the difference; it must not be shared outside the writer.
+    """
+
+    def __init__(self, sync_conn: Connection) -> None:
+        self._conn = sync_conn
+        self.dialect = sync_conn.dialect
+
+    @property
+    def sync_connection(self) -> Connection:
+        return self._conn
+
+    async def execute(self, statement: Any, parameters: Any = None, **kw: Any) -> Any:
+        return self._conn.execute(statement, parameters, **kw)
+
+    async def exec_driver_sql(self, statement: str, parameters: Any = None, **kw: Any) -> Any:
+        return self._conn.exec_driver_sql(statement, parameters, **kw)
+
+    async def run_sync(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
+        return fn(self._conn, *args, **kw)
+
+    async def get_raw_connection(self) -> Any:
+        return self._conn.connection
+
+    def in_transaction(self) -> bool:
+        return self._conn.in_transaction()
+
+
 @dataclass
 class _Pending:
     unit: Unit[Any]
@@ -115,6 +168,8 @@ class Database:
     _writer: asyncio.Task[None] | None = None
     _closing: bool = False
     batches: int = 0  # transactions committed by the group writer (for /metrics and benchmarks)
+    _sync_engine: Engine | None = None
+    _sync_conn: Connection | None = None
 
     @classmethod
     async def open(
@@ -131,6 +186,10 @@ class Database:
             group_commit = engine.dialect.name == "sqlite"
         db = cls(engine=engine, group_commit=group_commit)
         if group_commit:
+            if engine.dialect.name == "sqlite":
+                db._sync_engine = _sqlite_sync_engine(url, busy_timeout_ms)
+                db._sync_conn = await asyncio.to_thread(db._sync_engine.connect)
+                await asyncio.to_thread(db._sync_conn.execution_options, sqlite_immediate=True)
             db._writer = asyncio.create_task(db._write_loop(), name="db-group-writer")
         return db
 
@@ -183,6 +242,9 @@ class Database:
                         p.future.set_exception(exc)
 
     async def _run_batch(self, batch: list[_Pending]) -> None:
+        if self._sync_conn is not None:
+            await self._run_batch_on_loop(batch, self._sync_conn)
+            return
         outcomes: list[tuple[_Pending, bool, Any]] = []
         async with self.engine.connect() as conn:
             await conn.execution_options(sqlite_immediate=True)
@@ -220,6 +282,42 @@ class Database:
             else:
                 p.future.set_exception(value)
 
+    async def _run_batch_on_loop(self, batch: list[_Pending], sync_conn: Connection) -> None:
+        outcomes: list[tuple[_Pending, bool, Any]] = []
+        facade = LoopConnection(sync_conn)
+        trans = await asyncio.to_thread(sync_conn.begin)  # BEGIN IMMEDIATE: may wait for the lock
+        try:
+            raw = sync_conn.connection.driver_connection
+            assert raw is not None
+            for p in batch:
+                if p.future.cancelled():
+                    continue
+                raw.execute("SAVEPOINT gc_unit")
+                try:
+                    result = await p.unit(facade)  # type: ignore[arg-type]
+                except BaseException as exc:  # handed to the unit's caller (KeyboardInterrupt re-raised)
+                    raw.execute("ROLLBACK TO gc_unit")
+                    raw.execute("RELEASE gc_unit")
+                    outcomes.append((p, False, exc))
+                    if not isinstance(exc, Exception):
+                        raise
+                else:
+                    raw.execute("RELEASE gc_unit")
+                    outcomes.append((p, True, result))
+            await asyncio.to_thread(trans.commit)  # COMMIT and its fsync, off the loop
+        except BaseException:
+            if trans.is_active:
+                await asyncio.to_thread(trans.rollback)
+            raise
+        self.batches += 1
+        for p, ok, value in outcomes:
+            if p.future.done():
+                continue
+            if ok:
+                p.future.set_result(value)
+            else:
+                p.future.set_exception(value)
+
     async def close(self) -> None:
         """Finish queued writes, then dispose of the engine."""
         if self._closing:
@@ -229,6 +327,10 @@ class Database:
             await self._queue.put(None)
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
+        if self._sync_conn is not None:
+            await asyncio.to_thread(self._sync_conn.close)
+        if self._sync_engine is not None:
+            self._sync_engine.dispose()
         await self.engine.dispose()
 
 

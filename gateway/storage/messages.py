@@ -33,6 +33,20 @@ async def thread_for(
     context: tuple[str, str] | None,
     now: datetime,
 ) -> str:
+    thread_id, _created = await find_or_create_thread(
+        conn, tenant_id=tenant_id, contact_pk=contact_pk, context=context, now=now
+    )
+    return thread_id
+
+
+async def find_or_create_thread(
+    conn: AsyncConnection,
+    *,
+    tenant_id: str,
+    contact_pk: int | None,
+    context: tuple[str, str] | None,
+    now: datetime,
+) -> tuple[str, bool]:
     """The thread a new outbound message joins: the context's thread, else the contact's ongoing
     conversation (its newest thread without a context); created when there is none."""
     if context is not None:
@@ -43,7 +57,7 @@ async def thread_for(
         )
         found = (await conn.execute(q)).scalar_one_or_none()
         if found:
-            return str(found)
+            return str(found), False
     elif contact_pk is not None:
         q = (
             sa.select(threads.c.id)
@@ -57,7 +71,7 @@ async def thread_for(
         )
         found = (await conn.execute(q)).scalar_one_or_none()
         if found:
-            return str(found)
+            return str(found), False
     thread_id = new_id("thr")
     await conn.execute(
         sa.insert(threads).values(
@@ -71,28 +85,38 @@ async def thread_for(
             last_message_at=now,
         )
     )
-    return thread_id
+    return thread_id, True
 
 
 async def touch_thread(conn: AsyncConnection, thread_id: str, now: datetime) -> None:
-    await conn.execute(sa.update(threads).where(threads.c.id == thread_id).values(last_message_at=now))
+    await conn.execute(_TOUCH_THREAD, {"t_id": thread_id, "t_now": now})
 
 
 # --- messages ----------------------------------------------------------------------------------
 
 
+# Statements built once: constructing a statement per call costs more than executing it.
+_INSERT_MESSAGE = sa.insert(messages)
+_INSERT_PARTS = sa.insert(sms_parts)
+_INSERT_EVENT = sa.insert(events)
+_TOUCH_THREAD = (
+    sa.update(threads)
+    .where(threads.c.id == sa.bindparam("t_id"))
+    .values(last_message_at=sa.bindparam("t_now"))
+)
+
+
 async def insert_message(conn: AsyncConnection, values: dict[str, Any]) -> None:
-    await conn.execute(sa.insert(messages).values(**values))
+    """``values`` should name every column (one compiled form is then reused)."""
+    await conn.execute(_INSERT_MESSAGE, values)
 
 
 async def insert_sms_parts(conn: AsyncConnection, message_id: str, parts: int, now: datetime) -> None:
-    await conn.execute(
-        sa.insert(sms_parts),
-        [
-            {"message_id": message_id, "part_no": n, "status": "pending", "updated_at": now}
-            for n in range(1, parts + 1)
-        ],
-    )
+    rows = [
+        {"message_id": message_id, "part_no": n, "status": "pending", "updated_at": now}
+        for n in range(1, parts + 1)
+    ]
+    await conn.execute(_INSERT_PARTS, rows if len(rows) > 1 else rows[0])
 
 
 async def get_message(
@@ -145,7 +169,7 @@ async def add_event(
 ) -> None:
     """Written in the same transaction as the change it reports (ARCHITECTURE rule 3)."""
     await conn.execute(
-        sa.insert(events).values(tenant_id=tenant_id, type=type_, payload=payload, created_at=now)
+        _INSERT_EVENT, {"tenant_id": tenant_id, "type": type_, "payload": payload, "created_at": now}
     )
 
 
