@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,6 +22,9 @@ from gateway.storage import tenants as repo
 from gateway.storage.db import Database
 
 T = TypeVar("T")
+
+KEY_CACHE_SECONDS = 30.0
+KEY_CACHE_SIZE = 10_000
 
 API_KEY_PREFIX = "gwk_"
 #: 3GPP TS 23.040 §9.1.2.5: an alphanumeric originator is at most 11 GSM characters. We allow the
@@ -71,6 +75,7 @@ class TenantService:
         self.clock = clock
         self.mail_domain = mail_domain
         self.default_quota_bytes = default_quota_bytes
+        self._key_cache: dict[str, tuple[str, float]] = {}
 
     def mailbox_address(self, prefix: str) -> str:
         return f"{prefix}@{self.mail_domain}"
@@ -207,11 +212,24 @@ class TenantService:
         return await self._write(unit)
 
     async def authenticate(self, api_key: str) -> str | None:
-        """The tenant id an API key belongs to, or None (unknown or revoked)."""
+        """The tenant id an API key belongs to, or None (unknown or revoked).
+
+        Known keys are remembered for ``KEY_CACHE_SECONDS`` (a database read per request was a tenth
+        of the send path's cost); a revoked key therefore stops working within that time.
+        """
         if not api_key.startswith(API_KEY_PREFIX):
             return None
         key_hash = hash_api_key(api_key)
-        return await self.db.read(lambda conn: repo.tenant_for_key_hash(conn, key_hash))
+        now = time.monotonic()
+        cached = self._key_cache.get(key_hash)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        tenant_id = await self.db.read(lambda conn: repo.tenant_for_key_hash(conn, key_hash))
+        if tenant_id is not None:
+            if len(self._key_cache) >= KEY_CACHE_SIZE:
+                self._key_cache.clear()
+            self._key_cache[key_hash] = (tenant_id, now + KEY_CACHE_SECONDS)
+        return tenant_id
 
     async def _write(self, unit: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         try:

@@ -50,42 +50,52 @@ async def find_or_create_thread(
     """The thread a new outbound message joins: the context's thread, else the contact's ongoing
     conversation (its newest thread without a context); created when there is none."""
     if context is not None:
-        q = sa.select(threads.c.id).where(
-            threads.c.tenant_id == tenant_id,
-            threads.c.context_type == context[0],
-            threads.c.context_id == context[1],
-        )
-        found = (await conn.execute(q)).scalar_one_or_none()
+        found = (
+            await conn.execute(
+                _THREAD_BY_CONTEXT, {"t_id": tenant_id, "c_type": context[0], "c_id": context[1]}
+            )
+        ).scalar_one_or_none()
         if found:
             return str(found), False
     elif contact_pk is not None:
-        q = (
-            sa.select(threads.c.id)
-            .where(
-                threads.c.tenant_id == tenant_id,
-                threads.c.contact_pk == contact_pk,
-                threads.c.context_type.is_(None),
-            )
-            .order_by(threads.c.last_message_at.desc())
-            .limit(1)
-        )
-        found = (await conn.execute(q)).scalar_one_or_none()
+        found = (
+            await conn.execute(_THREAD_OF_CONTACT, {"t_id": tenant_id, "pk": contact_pk})
+        ).scalar_one_or_none()
         if found:
             return str(found), False
     thread_id = new_id("thr")
     await conn.execute(
-        sa.insert(threads).values(
-            id=thread_id,
-            tenant_id=tenant_id,
-            contact_pk=contact_pk,
-            context_type=context[0] if context else None,
-            context_id=context[1] if context else None,
-            token=secrets.token_hex(6),
-            created_at=now,
-            last_message_at=now,
-        )
+        _INSERT_THREAD,
+        {
+            "id": thread_id,
+            "tenant_id": tenant_id,
+            "contact_pk": contact_pk,
+            "context_type": context[0] if context else None,
+            "context_id": context[1] if context else None,
+            "token": secrets.token_hex(6),
+            "created_at": now,
+            "last_message_at": now,
+        },
     )
     return thread_id, True
+
+
+_THREAD_BY_CONTEXT = sa.select(threads.c.id).where(
+    threads.c.tenant_id == sa.bindparam("t_id"),
+    threads.c.context_type == sa.bindparam("c_type"),
+    threads.c.context_id == sa.bindparam("c_id"),
+)
+_THREAD_OF_CONTACT = (
+    sa.select(threads.c.id)
+    .where(
+        threads.c.tenant_id == sa.bindparam("t_id"),
+        threads.c.contact_pk == sa.bindparam("pk"),
+        threads.c.context_type.is_(None),
+    )
+    .order_by(threads.c.last_message_at.desc())
+    .limit(1)
+)
+_INSERT_THREAD = sa.insert(threads)
 
 
 async def touch_thread(conn: AsyncConnection, thread_id: str, now: datetime) -> None:
@@ -119,19 +129,32 @@ async def insert_sms_parts(conn: AsyncConnection, message_id: str, parts: int, n
     await conn.execute(_INSERT_PARTS, rows if len(rows) > 1 else rows[0])
 
 
+_GET_MESSAGE = sa.select(messages).where(messages.c.id == sa.bindparam("m_id"))
+_GET_TENANT_MESSAGE = _GET_MESSAGE.where(messages.c.tenant_id == sa.bindparam("t_id"))
+_GET_PARTS = (
+    sa.select(sms_parts).where(sms_parts.c.message_id == sa.bindparam("m_id")).order_by(sms_parts.c.part_no)
+)
+# No .values(): the parameters given at execution say which columns are SET (compiled once per set).
+_SET_STATUS = sa.update(messages).where(messages.c.id == sa.bindparam("b_id"))
+_SET_STATUS_FROM = _SET_STATUS.where(messages.c.status.in_(sa.bindparam("b_from", expanding=True)))
+_UPDATE_PART = sa.update(sms_parts).where(
+    sms_parts.c.message_id == sa.bindparam("b_message_id"), sms_parts.c.part_no == sa.bindparam("b_part_no")
+)
+
+
 async def get_message(
     conn: AsyncConnection, message_id: str, tenant_id: str | None = None
 ) -> dict[str, Any] | None:
-    q = sa.select(messages).where(messages.c.id == message_id)
-    if tenant_id is not None:
-        q = q.where(messages.c.tenant_id == tenant_id)
-    row = (await conn.execute(q)).mappings().first()
+    if tenant_id is None:
+        result = await conn.execute(_GET_MESSAGE, {"m_id": message_id})
+    else:
+        result = await conn.execute(_GET_TENANT_MESSAGE, {"m_id": message_id, "t_id": tenant_id})
+    row = result.mappings().first()
     return dict(row) if row else None
 
 
 async def get_parts(conn: AsyncConnection, message_id: str) -> list[dict[str, Any]]:
-    q = sa.select(sms_parts).where(sms_parts.c.message_id == message_id).order_by(sms_parts.c.part_no)
-    return [dict(r) for r in (await conn.execute(q)).mappings()]
+    return [dict(r) for r in (await conn.execute(_GET_PARTS, {"m_id": message_id})).mappings()]
 
 
 async def set_message_status(
@@ -144,10 +167,16 @@ async def set_message_status(
     only_from: Sequence[str] | None = None,
 ) -> bool:
     """Change the status (only from the given statuses, when set); True when a row changed."""
-    q = sa.update(messages).where(messages.c.id == message_id)
-    if only_from is not None:
-        q = q.where(messages.c.status.in_(list(only_from)))
-    result = await conn.execute(q.values(status=status, status_reason=reason, updated_at=now))
+    params: dict[str, Any] = {
+        "b_id": message_id,
+        "status": status,
+        "status_reason": reason,
+        "updated_at": now,
+    }
+    if only_from is None:
+        result = await conn.execute(_SET_STATUS, params)
+    else:
+        result = await conn.execute(_SET_STATUS_FROM, {**params, "b_from": list(only_from)})
     return bool(result.rowcount)
 
 
@@ -155,9 +184,7 @@ async def update_part(
     conn: AsyncConnection, message_id: str, part_no: int, now: datetime, **values: Any
 ) -> None:
     await conn.execute(
-        sa.update(sms_parts)
-        .where(sms_parts.c.message_id == message_id, sms_parts.c.part_no == part_no)
-        .values(updated_at=now, **values)
+        _UPDATE_PART, {"b_message_id": message_id, "b_part_no": part_no, "updated_at": now, **values}
     )
 
 
