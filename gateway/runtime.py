@@ -35,6 +35,8 @@ from gateway.logs import setup_logging
 from gateway.sdnotify import Notifier
 from gateway.services.contacts import ContactService
 from gateway.services.delivery import SmsDelivery
+from gateway.services.inbound import InboundSettings, InboundSmsService
+from gateway.services.sms_submit import SmsSubmitter
 from gateway.services.jobrunner import JobRunner
 from gateway.services.outbound import SMS_JOB, MessageQueries, OutboundService, SmsSettings
 from gateway.services.tenants import TenantService
@@ -208,6 +210,16 @@ class Runtime:
 
         sessions = [make_session(c) for c in cfg.smpp.connectors]
         pool = ConnectorPool(sessions)
+        inbound = InboundSmsService(
+            ctx.db,
+            self.clock,
+            InboundSettings(
+                reply_window=timedelta(days=cfg.sms.reply_window_days),
+                concat_timeout=timedelta(minutes=cfg.sms.concat_timeout_minutes),
+                duplicate_window=timedelta(minutes=cfg.sms.mo_duplicate_window_minutes),
+                default_region=cfg.sms.default_region,
+            ),
+        )
         delivery = SmsDelivery(
             ctx.db,
             pool,
@@ -216,9 +228,19 @@ class Runtime:
             submit_timeout=max(1.0, cfg.queue.lease_seconds / 2),
             resubmit_unknown=cfg.sms.resubmit_unknown,
             id_key=id_key,
+            inbound=inbound,
         )
         delivery_ref.append(delivery)
-        self.job_handlers[SMS_JOB] = delivery.handle
+        submitter = SmsSubmitter(
+            ctx.db,
+            pool,
+            self.clock,
+            # Bounded by the lease: a job must not outlive its claim while it waits for a bind.
+            submit_timeout=max(1.0, cfg.queue.lease_seconds / 2),
+            resubmit_unknown=cfg.sms.resubmit_unknown,
+            id_key=id_key,
+        )
+        self.job_handlers[SMS_JOB] = submitter.handle
         self.smpp_pool = pool
         stop = asyncio.Event()
         task = asyncio.create_task(pool.run(stop), name="smpp-pool")
@@ -240,6 +262,44 @@ class Runtime:
                     await task
 
         stack.push_async_callback(shutdown)
+
+        # Inbound SMS housekeeping: incomplete concatenations past their timeout are stored with a
+        # note, expired duplicate fingerprints forgotten. Registered after the pool, so it stops first.
+        mo_stop = asyncio.Event()
+
+        async def housekeeping() -> None:
+            while not mo_stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(mo_stop.wait(), cfg.sms.housekeeping_seconds)
+                if mo_stop.is_set():
+                    return
+                try:
+                    await inbound.flush_incomplete()
+                    await inbound.purge_fingerprints()
+                except Exception:  # a database hiccup: log it, try again next round
+                    log.exception("inbound sms housekeeping failed")
+
+        mo_task = asyncio.create_task(housekeeping(), name="sms-inbound-housekeeping")
+        mo_gauge = Gauge(
+            "gateway_sms_inbound", "MO deliver_sm since start by outcome", ["outcome"], registry=ctx.registry
+        )
+
+        async def mo_metrics() -> None:
+            for outcome, n in inbound.outcomes.items():
+                mo_gauge.labels(outcome).set(n)
+
+        ctx.metrics_refreshers.append(mo_metrics)
+
+        async def stop_housekeeping() -> None:
+            mo_stop.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(mo_task), self.config.daemon.shutdown_timeout_seconds)
+            except TimeoutError:
+                mo_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await mo_task
+
+        stack.push_async_callback(stop_housekeeping)
 
     def _smpp_metrics(self, ctx: ApiContext, pool: ConnectorPool, delivery: SmsDelivery) -> None:
         labels = ["connector"]

@@ -24,6 +24,7 @@ from gateway.domain.ports import InboundSms, SmsTransport, SubmitPart, SubmitRes
 from gateway.domain.receipts import Receipt, ReceiptError, ReceiptState, is_receipt, parse_receipt
 from gateway.domain.sms_text import Encoding
 from gateway.domain.udh import concat_parts
+from gateway.services.inbound import InboundSmsService
 from gateway.storage import messages as repo
 from gateway.storage import tenants as tenants_repo
 from gateway.storage.db import lock_name
@@ -55,6 +56,7 @@ class SmsDelivery:
         submit_timeout: float,
         resubmit_unknown: bool = False,
         id_key: IdKey = default_id_key,
+        inbound: InboundSmsService | None = None,
     ) -> None:
         self.db = db
         self.transport = transport
@@ -62,6 +64,7 @@ class SmsDelivery:
         self.submit_timeout = submit_timeout
         self.resubmit_unknown = resubmit_unknown
         self.id_key = id_key
+        self.inbound = inbound  # mobile-originated messages (not receipts) go there
         self.receipts_matched = 0
         self.receipts_parked = 0
 
@@ -270,8 +273,11 @@ class SmsDelivery:
             self.receipts_matched += 1
 
     async def _unhandled_mo(self, sms: InboundSms) -> None:
-        # Mobile-originated replies are routed by the inbound SMS service (its own issue); until it
-        # is wired, an MO is acknowledged and recorded as a drop so nothing vanishes silently.
+        # Mobile-originated messages are routed by the inbound SMS service (it commits before it
+        # returns). Without one, an MO is acknowledged and recorded as a drop so nothing vanishes.
+        if self.inbound is not None:
+            await self.inbound.receive(sms)
+            return
         now = self.clock()
 
         async def unit(conn: AsyncConnection) -> None:
@@ -291,10 +297,35 @@ class SmsDelivery:
         await self.db.write(unit)
 
 
+async def apply_parked_for(conn: AsyncConnection, keys: list[tuple[str, str]], now: datetime) -> set[str]:
+    """Apply the parked receipts for these (connector, key) pairs; the ids of the messages touched."""
+    wanted = set(keys)
+    rows = (
+        await conn.execute(
+            sa.select(
+                parked_receipts.c.id,
+                parked_receipts.c.connector,
+                parked_receipts.c.smsc_message_key,
+                parked_receipts.c.receipt,
+            ).where(parked_receipts.c.smsc_message_key.in_(sorted({k for _, k in keys})))
+        )
+    ).all()
+    touched: set[str] = set()
+    for row_id, connector, key, data in rows:
+        if (connector, key) not in wanted:
+            continue
+        message_id = await apply_receipt(conn, connector, key, _receipt_from_json(data), now)
+        if message_id:
+            touched.add(message_id)
+            await conn.execute(sa.delete(parked_receipts).where(parked_receipts.c.id == row_id))
+    return touched
+
+
 async def apply_receipt(
     conn: AsyncConnection, connector: str, key: str, receipt: Receipt, now: datetime
-) -> bool:
-    """Apply a receipt to the part it reports on; False when no part has that id (yet)."""
+) -> str | None:
+    """Apply a receipt to the part it reports on; its message's id, or None when no part has that
+    id (yet)."""
     q = sa.select(sms_parts.c.message_id, sms_parts.c.part_no, sms_parts.c.connector).where(
         sms_parts.c.smsc_message_key == key
     )
@@ -302,7 +333,7 @@ async def apply_receipt(
     same = [r for r in rows if r[2] == connector]
     match = same or (rows if len(rows) == 1 else [])  # another bind of the same SMSC account
     if not match:
-        return False
+        return None
     message_id, part_no, _ = match[0]
     if receipt.state is ReceiptState.DELIVERED:
         await repo.update_part(conn, message_id, part_no, now, status="delivered", status_reason=None)
@@ -310,9 +341,9 @@ async def apply_receipt(
         reason = f"{receipt.stat or receipt.reason}" + (f" err:{receipt.err}" if receipt.err else "")
         await repo.update_part(conn, message_id, part_no, now, status="failed", status_reason=reason)
     else:
-        return True  # an intermediate notification: nothing final to record
+        return str(message_id)  # an intermediate notification: nothing final to record
     await settle(conn, message_id, now)
-    return True
+    return str(message_id)
 
 
 async def settle(conn: AsyncConnection, message_id: str, now: datetime) -> None:

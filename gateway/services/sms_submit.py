@@ -1,0 +1,301 @@
+"""The ``sms.submit`` job, batched: the jobs the runner hands over together share two transactions.
+
+The job runner calls :meth:`SmsSubmitter.handle` once per job, concurrently for a claimed batch.
+Each call only joins the current batch; the batch then does its database work once for all of
+its messages (ISSUE 3: "batch database work per window rather than per message"):
+
+1. one transaction: mark the messages ``sending``, read them and their parts;
+2. submit every pending part through the transport (the SMPP window keeps them in flight together);
+3. one transaction: record every part's outcome, apply receipts that overtook their
+   ``submit_sm_resp``, move the messages whose parts are all out to ``sent``.
+
+Idempotent like the job queue needs: only parts still ``pending`` are submitted, so a retried job
+(some parts had no route) sends only what is missing. ``unknown`` parts (written, no response) are
+resubmitted only with ``[sms] resubmit_unknown`` (duplicate risk, docs/decisions.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gateway.domain.ports import SmsTransport, SubmitPart, SubmitResult
+from gateway.domain.sms_text import Encoding
+from gateway.domain.udh import concat_parts
+from gateway.services.delivery import IdKey, RetryLaterError, apply_parked_for, settle
+from gateway.storage.db import Database, lock_names
+from gateway.storage.jobs import Job
+from gateway.storage.tables import events, messages, sms_parts
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 500
+
+_MARK_SENDING = (
+    sa.update(messages)
+    .where(
+        messages.c.id.in_(sa.bindparam("ids", expanding=True)),
+        messages.c.status.in_(("queued", "scheduled")),
+    )
+    .values(status="sending", updated_at=sa.bindparam("now"))
+    .returning(messages.c.id, messages.c.tenant_id, messages.c.thread_id)
+)
+_SENDING = sa.select(messages).where(
+    messages.c.id.in_(sa.bindparam("ids", expanding=True)), messages.c.status == "sending"
+)
+_PARTS = (
+    sa.select(sms_parts)
+    .where(sms_parts.c.message_id.in_(sa.bindparam("ids", expanding=True)))
+    .order_by(sms_parts.c.message_id, sms_parts.c.part_no)
+)
+_MARK_SENT = (
+    sa.update(messages)
+    .where(messages.c.id.in_(sa.bindparam("ids", expanding=True)), messages.c.status == "sending")
+    .values(status="sent", updated_at=sa.bindparam("now"))
+)
+_UPDATE_PART = sa.update(sms_parts).where(
+    sms_parts.c.message_id == sa.bindparam("b_message_id"), sms_parts.c.part_no == sa.bindparam("b_part_no")
+)
+_INSERT_EVENTS = sa.insert(events)
+
+
+@dataclass
+class _Item:
+    job: Job
+    future: asyncio.Future[None]
+
+
+class SmsSubmitter:
+    def __init__(
+        self,
+        db: Database,
+        transport: SmsTransport,
+        clock: Callable[[], datetime],
+        *,
+        submit_timeout: float,
+        id_key: IdKey,
+        resubmit_unknown: bool = False,
+    ) -> None:
+        self.db = db
+        self.transport = transport
+        self.clock = clock
+        self.submit_timeout = submit_timeout
+        self.id_key = id_key
+        self.resubmit_unknown = resubmit_unknown
+        self._pending: list[_Item] = []
+        self._scheduled = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.batches = 0
+
+    async def handle(self, job: Job) -> None:
+        """The job handler: returns when the job's message is settled for now; raises to retry."""
+        loop = asyncio.get_running_loop()
+        item = _Item(job, loop.create_future())
+        self._pending.append(item)
+        if not self._scheduled:
+            self._scheduled = True
+            # Let the other handlers of the claimed batch join before the batch starts.
+            loop.call_soon(self._flush)
+        try:
+            await asyncio.shield(item.future)
+        except asyncio.CancelledError:
+            # Shutdown: the batch goes on and records what it did; the job's lease lapses anyway.
+            raise
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        while self._pending:
+            batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+            task = asyncio.create_task(self._process(batch), name="sms-submit-batch")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _process(self, batch: list[_Item]) -> None:
+        try:
+            retry = await self._run(batch)
+        except Exception as exc:
+            log.exception("sms submit batch failed", extra={"jobs": len(batch)})
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+            return
+        for item in batch:
+            if item.future.done():
+                continue
+            message_id = item.job.payload["message_id"]
+            if message_id in retry:
+                item.future.set_exception(RetryLaterError(f"message {message_id}: parts left for later"))
+            else:
+                item.future.set_result(None)
+
+    async def _run(self, batch: list[_Item]) -> set[str]:
+        self.batches += 1
+        jobs = {item.job.payload["message_id"]: item.job for item in batch}
+        ids = list(jobs)
+        now = self.clock()
+
+        async def begin(
+            conn: AsyncConnection,
+        ) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+            changed = (await conn.execute(_MARK_SENDING, {"ids": ids, "now": now})).all()
+            if changed:
+                await conn.execute(
+                    _INSERT_EVENTS,
+                    [
+                        _event(tenant_id, message_id, thread_id, "sending", now)
+                        for message_id, tenant_id, thread_id in changed
+                    ],
+                )
+            rows = [dict(r) for r in (await conn.execute(_SENDING, {"ids": ids})).mappings()]
+            parts: dict[str, list[dict[str, Any]]] = defaultdict(list)
+            for r in (await conn.execute(_PARTS, {"ids": [m["id"] for m in rows]})).mappings():
+                parts[r["message_id"]].append(dict(r))
+            return rows, parts
+
+        rows, parts = await self.db.write(begin) if ids else ([], {})
+        wanted = {"pending", "unknown"} if self.resubmit_unknown else {"pending"}
+        todo: list[tuple[dict[str, Any], dict[str, Any], SubmitPart]] = []
+        for message in rows:
+            submits = _build(message, int(jobs[message["id"]].payload.get("ref", 0)))
+            for part in parts[message["id"]]:
+                if part["status"] in wanted:
+                    todo.append((message, part, submits[part["part_no"] - 1]))
+        results: list[SubmitResult] = await asyncio.gather(
+            *(self.transport.submit(sp, timeout=self.submit_timeout) for _, _, sp in todo)
+        )
+        now = self.clock()
+        retry: set[str] = set()
+        by_message: dict[str, list[tuple[dict[str, Any], SubmitResult]]] = defaultdict(list)
+        for (message, part, _), result in zip(todo, results, strict=True):
+            by_message[message["id"]].append((part, result))
+
+        async def record(conn: AsyncConnection) -> None:
+            accepted: list[dict[str, Any]] = []
+            other: list[dict[str, Any]] = []
+            keys: list[tuple[str, str]] = []
+            needs_settle: set[str] = set()
+            for message_id, outcomes in by_message.items():
+                job = jobs[message_id]
+                for part, result in outcomes:
+                    where = {"b_message_id": message_id, "b_part_no": part["part_no"], "updated_at": now}
+                    if result.outcome == "ok" and result.message_id is not None:
+                        key = self.id_key(result.connector or "", result.message_id, "resp")
+                        keys.append((result.connector or "", key))
+                        accepted.append(
+                            {
+                                **where,
+                                "status": "submitted",
+                                "connector": result.connector,
+                                "smsc_message_id": result.message_id,
+                                "smsc_message_key": key,
+                                "submitted_at": now,
+                                "status_reason": None,
+                            }
+                        )
+                        continue
+                    if result.outcome == "failed":
+                        status, reason = "failed", result.status_name or "rejected"
+                    elif result.outcome == "unknown":
+                        status, reason = "unknown", "no submit_sm_resp (outcome unknown)"
+                    elif job.attempts >= job.max_attempts:
+                        status = "failed"
+                        reason = f"{result.outcome}: no SMSC accepted it after {job.attempts} attempts"
+                    else:
+                        retry.add(message_id)
+                        continue
+                    if status == "failed":
+                        needs_settle.add(message_id)
+                    other.append(
+                        {**where, "status": status, "connector": result.connector, "status_reason": reason}
+                    )
+            if accepted:
+                await conn.execute(_UPDATE_PART, accepted)
+            if other:
+                await conn.execute(_UPDATE_PART, other)
+            if keys:
+                # Receipts that arrived before we stored these ids were parked; take them now.
+                await lock_names(conn, [f"receipt:{key}" for _, key in keys])
+                needs_settle |= await apply_parked_for(conn, keys, now)
+            sent: list[str] = []
+            for message in rows:
+                message_id = message["id"]
+                if message_id in needs_settle:
+                    await settle(conn, message_id, now)
+                    continue
+                statuses = {
+                    p["status"]
+                    for p in parts[message_id]
+                    if p["part_no"] not in _touched(by_message, message_id)
+                }
+                statuses |= {_new_status(r) for _, r in by_message.get(message_id, [])}
+                if "pending" not in statuses and "retry" not in statuses:
+                    sent.append(message_id)
+            if sent:
+                await conn.execute(_MARK_SENT, {"ids": sent, "now": now})
+                await conn.execute(
+                    _INSERT_EVENTS,
+                    [
+                        _event(m["tenant_id"], m["id"], m["thread_id"], "sent", now)
+                        for m in rows
+                        if m["id"] in set(sent)
+                    ],
+                )
+
+        if by_message or rows:
+            await self.db.write(record)
+        return retry
+
+
+def _touched(by_message: dict[str, list[tuple[dict[str, Any], SubmitResult]]], message_id: str) -> set[int]:
+    return {part["part_no"] for part, _ in by_message.get(message_id, [])}
+
+
+def _new_status(result: SubmitResult) -> str:
+    if result.outcome == "ok":
+        return "submitted"
+    if result.outcome in ("failed", "unknown"):
+        return result.outcome
+    return "retry"
+
+
+def _event(tenant_id: str, message_id: str, thread_id: str, status: str, now: datetime) -> dict[str, Any]:
+    return {
+        "tenant_id": tenant_id,
+        "type": "message.status",
+        "payload": {"message_id": message_id, "channel": "sms", "status": status, "thread_id": thread_id},
+        "created_at": now,
+    }
+
+
+def _build(message: dict[str, Any], ref: int) -> list[SubmitPart]:
+    encoding = Encoding(message["sms_encoding"])
+    _, payloads = concat_parts(message["text"], ref=ref, encoding=encoding)
+    sender: str = message["sender"]
+    if sender.startswith("+"):
+        # SPEC 2.5: numbers travel as international digits without '+', TON 1 / NPI 1 (E.164).
+        source, ton, npi = sender[1:], 1, 1
+    else:
+        source, ton, npi = sender, 5, 0  # alphanumeric (SMPP 3.4 §5.2.5 TON 5)
+    multipart = len(payloads) > 1
+    return [
+        SubmitPart(
+            source_addr=source,
+            source_ton=ton,
+            source_npi=npi,
+            destination_addr=message["recipient"].lstrip("+"),
+            esm_class=0x40 if multipart else 0x00,  # UDHI: short_message starts with the UDH
+            data_coding=0x00 if encoding is Encoding.GSM7 else 0x08,
+            short_message=payload,
+            registered_delivery=1,
+            ref=(message["id"], n),
+        )
+        for n, payload in enumerate(payloads, start=1)
+    ]
