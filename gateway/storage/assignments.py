@@ -3,28 +3,51 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.domain.senders import Allocation, Holding
 from gateway.storage.tables import sender_assignments, sender_numbers
 
-
-async def holdings_for_customer(conn: AsyncConnection, customer_e164: str) -> list[Holding]:
-    rows = await conn.execute(
-        sa.select(
-            sender_assignments.c.sender_e164,
-            sender_assignments.c.tenant_id,
-            sender_assignments.c.last_used_at,
-        ).where(sender_assignments.c.customer_e164 == customer_e164)
-    )
-    return [Holding(sender=r[0], tenant_id=r[1], last_used_at=r[2]) for r in rows]
-
-
+# Statements built once (this is on every send): the customer-first unique index answers both.
+_HOLDINGS = sa.select(
+    sender_assignments.c.sender_e164, sender_assignments.c.tenant_id, sender_assignments.c.last_used_at
+).where(sender_assignments.c.customer_e164 == sa.bindparam("customer"))
 _ACTIVE_POOL = (
     sa.select(sender_numbers.c.e164).where(sender_numbers.c.active.is_(True)).order_by(sender_numbers.c.e164)
 )
+_TAKE_OVER = sa.delete(sender_assignments).where(
+    sender_assignments.c.sender_e164 == sa.bindparam("sender"),
+    sender_assignments.c.customer_e164 == sa.bindparam("customer"),
+    sender_assignments.c.tenant_id != sa.bindparam("t_id"),
+)
+
+
+def _upsert(insert: Any) -> Any:
+    stmt = insert(sender_assignments)
+    return stmt.on_conflict_do_update(
+        index_elements=[sender_assignments.c.tenant_id, sender_assignments.c.customer_e164],
+        set_={
+            "sender_e164": stmt.excluded.sender_e164,
+            "contact_pk": stmt.excluded.contact_pk,
+            "last_thread_id": stmt.excluded.last_thread_id,
+            "last_used_at": stmt.excluded.last_used_at,
+        },
+    )
+
+
+# "Stamp this tenant's use of the number for this customer, creating the row the first time" in one
+# statement: INSERT ... ON CONFLICT DO UPDATE exists in SQLite (>= 3.24) and PostgreSQL alike.
+_UPSERT = {"sqlite": _upsert(sqlite_insert), "postgresql": _upsert(pg_insert)}
+
+
+async def holdings_for_customer(conn: AsyncConnection, customer_e164: str) -> list[Holding]:
+    rows = await conn.execute(_HOLDINGS, {"customer": customer_e164})
+    return [Holding(sender=r[0], tenant_id=r[1], last_used_at=r[2]) for r in rows]
 
 
 async def active_pool(conn: AsyncConnection) -> list[str]:
@@ -46,28 +69,17 @@ async def record_use(
         # Another tenant's expired hold on (number, customer): it loses the pair (replies from the
         # customer now belong to whoever wrote last, within the window).
         await conn.execute(
-            sa.delete(sender_assignments).where(
-                sender_assignments.c.sender_e164 == allocation.sender,
-                sender_assignments.c.customer_e164 == customer_e164,
-                sender_assignments.c.tenant_id != tenant_id,
-            )
+            _TAKE_OVER, {"sender": allocation.sender, "customer": customer_e164, "t_id": tenant_id}
         )
-    values = {
-        "sender_e164": allocation.sender,
-        "contact_pk": contact_pk,
-        "last_thread_id": thread_id,
-        "last_used_at": now,
-    }
-    updated = await conn.execute(
-        sa.update(sender_assignments)
-        .where(
-            sender_assignments.c.tenant_id == tenant_id, sender_assignments.c.customer_e164 == customer_e164
-        )
-        .values(**values)
+    await conn.execute(
+        _UPSERT[conn.dialect.name],
+        {
+            "tenant_id": tenant_id,
+            "customer_e164": customer_e164,
+            "sender_e164": allocation.sender,
+            "contact_pk": contact_pk,
+            "last_thread_id": thread_id,
+            "last_used_at": now,
+            "created_at": now,
+        },
     )
-    if updated.rowcount == 0:
-        await conn.execute(
-            sa.insert(sender_assignments).values(
-                tenant_id=tenant_id, customer_e164=customer_e164, created_at=now, **values
-            )
-        )
