@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -36,9 +37,9 @@ from gateway.sdnotify import Notifier
 from gateway.services.contacts import ContactService
 from gateway.services.delivery import SmsDelivery
 from gateway.services.inbound import InboundSettings, InboundSmsService
-from gateway.services.sms_submit import SmsSubmitter
 from gateway.services.jobrunner import JobRunner
 from gateway.services.outbound import SMS_JOB, MessageQueries, OutboundService, SmsSettings
+from gateway.services.sms_submit import SmsSubmitter
 from gateway.services.tenants import TenantService
 from gateway.smpp.pool import ConnectorPool
 from gateway.smpp.session import SmppSession
@@ -172,6 +173,7 @@ class Runtime:
                     max_parts=cfg.sms.max_parts,
                     reply_window=timedelta(days=cfg.sms.reply_window_days),
                     max_attempts=cfg.queue.max_attempts,
+                    pool=cfg.sms.pool,
                 ),
                 on_enqueued=runner.wake,
             ),
@@ -442,6 +444,9 @@ class Runtime:
             added, retired = await self.db.write(
                 lambda conn: senders.sync_pool(conn, new.sms.pool, self.clock())
             )
+            if self.api_context is not None:
+                outbound = self.api_context.outbound
+                outbound.settings = dataclasses.replace(outbound.settings, pool=new.sms.pool)
             log.info("sender pool synchronised", extra={"added": added, "retired": retired})
         self.config = _merge_live(old, new)
         log.info("config reloaded")
@@ -457,7 +462,6 @@ def _get(d: dict[str, Any], dotted: str) -> Any:
 
 def _merge_live(old: Config, new: Config) -> Config:
     """The new config, but with the restart-only sections kept as they are running."""
-    import dataclasses
 
     http = dataclasses.replace(new.http, host=old.http.host, port=old.http.port)
     storage = dataclasses.replace(new.storage, data_dir=old.storage.data_dir)

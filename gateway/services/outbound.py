@@ -70,6 +70,9 @@ class SmsSettings:
     max_parts: int
     reply_window: timedelta
     max_attempts: int
+    #: The active sender pool when the caller knows it (the daemon: ``[sms] pool``, which every daemon
+    #: sharing a database must agree on); None = read it from the database on each send.
+    pool: tuple[str, ...] | None = None
 
 
 class OutboundService:
@@ -225,7 +228,11 @@ class OutboundService:
         if tenant["sms_sender_mode"] == SenderMode.ALPHANUMERIC:
             sender = tenant["sms_alphanumeric"] or ""
         else:
-            pool = await assignments.active_pool(conn)
+            pool = (
+                list(self.settings.pool)
+                if self.settings.pool is not None
+                else await assignments.active_pool(conn)
+            )
             holdings = await assignments.holdings_for_customer(conn, customer)
             allocation = allocate(
                 tenant_id=tenant_id,
