@@ -93,6 +93,9 @@ class SmppConnectorConfig:
     message_id_type: str = _opt(
         "as_is", choices=("as_is", "hex", "decimal", "hex_resp_decimal_dlr", "decimal_resp_hex_dlr")
     )
+    # How a long message's parts say they belong together: "udh" (a concatenation header in each
+    # part, esm_class UDHI) or "sar" (SMPP 3.4 SAR TLVs, for SMSCs that want them). Never both.
+    long_messages: str = _opt("udh", choices=("udh", "sar"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +133,14 @@ class SmsConfig:
     # Parts whose submit_sm got no response: resubmitting risks a duplicate SMS, not resubmitting
     # risks a lost one. Default: do not resubmit (see docs/decisions.md "Outcome unknown").
     resubmit_unknown: bool = _opt(False)
+    # Inbound SMS (docs/decisions.md "Inbound SMS"): a concatenated MO whose parts are not all in
+    # within this time is stored with what arrived and a note.
+    concat_timeout_minutes: int = _opt(30, ge=1, le=1440)
+    # A deliver_sm identical to one we stored but did not acknowledge (a crash before the
+    # deliver_sm_resp) within this time is the SMSC's resend: stored once.
+    mo_duplicate_window_minutes: int = _opt(1440, ge=1, le=10080)
+    # How often incomplete concatenations and expired duplicate fingerprints are looked at.
+    housekeeping_seconds: float = _opt(60.0, gt=0, le=3600)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ the command and the others are kept raw under their name or ``"0x%04x"`` tag.
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,6 +27,7 @@ from smpplib import exceptions as _exceptions
 from smpplib import ptypes as _ptypes
 from smpplib import smpp as _smpp
 
+from gateway.domain.udh import UdhError, split_udh
 from gateway.smpp.errors import PduDecodeError, PduEncodeError
 from gateway.smpp.types import DeliverSm, SubmitPart
 
@@ -164,6 +166,27 @@ def _vendor_tag(key: str) -> int | None:
     except ValueError:
         return None
     return tag if 0 <= tag <= 0xFFFF else None
+
+
+def udh_to_sar(part: SubmitPart) -> SubmitPart:
+    """The same part for an SMSC that wants SAR TLVs instead of a UDH (SMPP 3.4 §5.3.2.22-24).
+
+    The concatenation IE moves into sar_msg_ref_num / sar_total_segments / sar_segment_seqnum and the
+    UDH leaves short_message (UDHI cleared): never both, or the handset would see the header twice.
+    Parts keep their UDH-sized payload, because the SMSC adds the header back on the air interface.
+    A part without a concatenation IE is returned unchanged.
+    """
+    if not part.esm_class & 0x40:
+        return part
+    try:
+        udh, payload = split_udh(part.short_message)
+    except UdhError:
+        return part
+    if udh.concat is None or udh.other:
+        return part  # other IEs can only travel in a UDH
+    c = udh.concat
+    tlvs = {**part.tlvs, "sar_msg_ref_num": c.ref, "sar_total_segments": c.total, "sar_segment_seqnum": c.seq}
+    return dataclasses.replace(part, esm_class=part.esm_class & ~0x40, short_message=payload, tlvs=tlvs)
 
 
 def encode_submit_sm(part: SubmitPart, sequence: int = 0) -> bytes:

@@ -66,6 +66,7 @@ from gateway.smpp.codec import (
     encode_response,
     encode_submit_sm,
     status_name,
+    udh_to_sar,
 )
 from gateway.smpp.errors import PduEncodeError
 from gateway.smpp.link import Link, PendingSubmit, backoff_delay
@@ -279,7 +280,7 @@ class SmppSession:
         written, resolve it ``retry``/``CONNECTION_LOST`` (the pool moves it) instead of keeping it."""
         item = PendingSubmit(part, next(_ORDER) if order is None else order, reroutable)
         try:
-            item.raw = encode_submit_sm(part)
+            item.raw = encode_submit_sm(udh_to_sar(part) if self.config.long_messages == "sar" else part)
         except PduEncodeError as exc:
             log.warning("smpp %s: cannot encode part: %s", self.name, exc)
             self.failed += 1

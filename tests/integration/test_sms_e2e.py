@@ -246,3 +246,20 @@ async def test_receipts_and_failures_move_statuses(
         assert ready["checks"]["smpp"]["binds"][0]["state"] == "bound"
         async with gw.http.get(gw.base + "/metrics") as resp:
             assert 'gateway_smpp_bound{connector="main"} 1.0' in await resp.text()
+
+
+async def test_sar_connector_sends_tlvs_instead_of_a_udh(
+    db_target: DbTarget, tmp_path: Path, sim: SmscSimulator
+) -> None:
+    text = "Twój rower czeka na odbiór w serwisie przy ulicy Długiej. " * 3  # 174 UCS-2 units: 3 parts
+    async with gateway(db_target, tmp_path, sim, long_messages="sar") as gw:
+        auth = await gw.tenant("Sar")
+        await gw.contact(auth, "jan", "+48500100200")
+        m = await gw.send(auth, contact_id="jan", text=text)
+        assert (await gw.wait_status(auth, m["id"], {"delivered"}))["status"] == "delivered"
+    parts = sorted(sim.submits, key=lambda s: s.concat[2] if s.concat else 0)
+    assert len(parts) == 3
+    assert all(s.udh is None and not s.esm_class & 0x40 for s in parts)  # never SAR together with UDH
+    assert [s.concat[1:] for s in parts if s.concat] == [(3, 1), (3, 2), (3, 3)]
+    assert len({s.concat[0] for s in parts if s.concat}) == 1
+    assert "".join(s.payload.decode("utf-16-be") for s in parts) == text

@@ -314,3 +314,27 @@ def test_sequence_generator_wraps_to_one() -> None:
     gen = SequenceGenerator(0x7FFFFFFE)
     assert [gen.next_sequence() for _ in range(3)] == [0x7FFFFFFF, 1, 2]
     assert gen.sequence == 2
+
+
+def test_udh_to_sar_moves_the_concatenation_ie_into_tlvs() -> None:
+    from gateway.domain.udh import build_concat_udh
+    from gateway.smpp.codec import udh_to_sar
+
+    part = SubmitPart(
+        source_addr="48500000001",
+        source_ton=1,
+        source_npi=1,
+        destination_addr="48500100200",
+        esm_class=0x40,
+        data_coding=8,
+        short_message=build_concat_udh(7, 3, 2) + b"\x00a",
+    )
+    sar = udh_to_sar(part)
+    assert sar.esm_class == 0 and sar.short_message == b"\x00a"
+    assert (sar.tlvs["sar_msg_ref_num"], sar.tlvs["sar_total_segments"], sar.tlvs["sar_segment_seqnum"]) == (
+        7,
+        3,
+        2,
+    )
+    single = SubmitPart(source_addr="A", source_ton=5, source_npi=0, destination_addr="48500100200")
+    assert udh_to_sar(single) is single
