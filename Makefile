@@ -28,6 +28,7 @@ test: lint
 
 bench: $(BIN)/.installed
 	$(BIN)/python tests/perf/queue.py --backend both
+	$(BIN)/python tests/perf/sms_out.py --backend both
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache .hypothesis
