@@ -39,6 +39,8 @@ Unit = Callable[[AsyncConnection], Awaitable[T]]
 
 #: Units taken into one SQLite transaction at most; bounds the latency a unit adds to its batch mates.
 GROUP_COMMIT_MAX = 256
+#: Units the SQLite writer runs back to back before letting other tasks of the loop run.
+YIELD_EVERY = 8
 
 
 def make_engine(
@@ -289,9 +291,13 @@ class Database:
         try:
             raw = sync_conn.connection.driver_connection
             assert raw is not None
-            for p in batch:
+            for n, p in enumerate(batch):
                 if p.future.cancelled():
                     continue
+                if n and n % YIELD_EVERY == 0:
+                    # Statements run on the loop thread: let HTTP, SMPP timers and the rest breathe
+                    # between units of a large batch (we still hold the write lock meanwhile).
+                    await asyncio.sleep(0)
                 raw.execute("SAVEPOINT gc_unit")
                 try:
                     result = await p.unit(facade)  # type: ignore[arg-type]
