@@ -254,6 +254,16 @@ class Runtime:
         ctx.ready_checks["smpp"] = ready
         self._smpp_metrics(ctx, pool, delivery)
 
+        async def final_marks() -> None:
+            # Runs after the pool stopped (the stack unwinds in reverse): the last MOs' answered
+            # marks. Lost marks only make an identical message within the window count as a resend.
+            try:
+                await inbound.flush_answered()
+            except Exception:
+                log.exception("inbound sms: answered marks not written at shutdown")
+
+        stack.push_async_callback(final_marks)
+
         async def shutdown() -> None:
             stop.set()  # sessions stop sending, wait briefly for responses, unbind
             try:
@@ -276,6 +286,7 @@ class Runtime:
                 if mo_stop.is_set():
                     return
                 try:
+                    await inbound.flush_answered()
                     await inbound.flush_incomplete()
                     await inbound.purge_fingerprints()
                 except Exception:  # a database hiccup: log it, try again next round

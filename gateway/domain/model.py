@@ -47,6 +47,9 @@ class Tenant:
     business_hours: dict[str, Any] | None
     created_at: datetime
     updated_at: datetime
+    #: Inbound SMS opt-out/opt-in words as the tenant set them ({"stop": [...], "start": [...]}, a
+    #: missing list = the default); None = the defaults (gateway.domain.mo.DEFAULT_KEYWORDS).
+    sms_keywords: dict[str, list[str]] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,6 +39,7 @@ async def create_tenant(request: web.Request, principal: Principal, body: Tenant
             attachments_quota_bytes=body.attachments.quota_bytes,
             webhook_url=body.webhook_url,
             business_hours=body.business_hours,
+            sms_keywords=body.sms_keywords.model_dump() if body.sms_keywords else None,
         ),
         sms_credits=body.sms_credits,
     )
@@ -107,6 +108,7 @@ async def patch_tenant(request: web.Request, principal: Principal, body: TenantP
         attachments_quota_bytes=attachments.quota_bytes if attachments else None,
         webhook_url=body.webhook_url,
         business_hours=body.business_hours,
+        sms_keywords=body.sms_keywords.model_dump() if body.sms_keywords else None,
     )
     tenant = await ctx.tenants.update(tenant_id, changes, fields)
     return _json(tenant_out(tenant, ctx.tenants.mail_domain))

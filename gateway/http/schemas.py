@@ -66,6 +66,15 @@ class AttachmentsIn(Strict):
     quota_bytes: int | None = Field(None, ge=0, description="disk quota for saved attachments")
 
 
+class SmsKeywordsIn(Strict):
+    stop: list[str] | None = Field(
+        None, max_length=20, description="replies that opt the contact out of SMS; omitted: the default list"
+    )
+    start: list[str] | None = Field(
+        None, max_length=20, description="replies that opt the contact back in; omitted: the default list"
+    )
+
+
 class TenantCreate(Strict):
     name: str = Field(min_length=1, max_length=200)
     mailbox_prefix: str | None = Field(None, description="[a-z0-9-]{3,32}; default derived from the name")
@@ -75,6 +84,9 @@ class TenantCreate(Strict):
     sms_credits: int = Field(0, ge=0)
     webhook_url: str | None = Field(None, max_length=2000)
     business_hours: dict[str, Any] | None = None
+    sms_keywords: SmsKeywordsIn | None = Field(
+        None, description="inbound SMS keywords (whole reply, trimmed, any case); null: the defaults"
+    )
 
 
 class SmsSenderPatch(Strict):
@@ -95,6 +107,7 @@ class TenantPatch(Strict):
     attachments: AttachmentsPatch | None = None
     webhook_url: str | None = Field(None, max_length=2000)
     business_hours: dict[str, Any] | None = None
+    sms_keywords: SmsKeywordsIn | None = Field(None, description="replaces both lists; null: the defaults")
 
 
 class CreditsIn(Strict):
@@ -112,6 +125,11 @@ class AttachmentsOut(Out):
     used_bytes: int
 
 
+class SmsKeywordsOut(Out):
+    stop: list[str]
+    start: list[str]
+
+
 class TenantOut(Out):
     id: str
     name: str
@@ -124,6 +142,7 @@ class TenantOut(Out):
     sms_credits: int
     webhook_url: str | None
     business_hours: dict[str, Any] | None
+    sms_keywords: SmsKeywordsOut = Field(description="the keyword lists in force (defaults filled in)")
     created_at: datetime
     updated_at: datetime
 

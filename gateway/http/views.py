@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from gateway.domain.mo import keywords_from_json
 from gateway.domain.model import Contact, Tenant
 from gateway.http.schemas import (
     AttachmentsOut,
     ConsentOut,
     ContactOut,
     PhoneOut,
+    SmsKeywordsOut,
     SmsSenderOut,
     TenantOut,
 )
@@ -30,6 +32,7 @@ def tenant_out(t: Tenant, mail_domain: str) -> TenantOut:
         sms_credits=t.sms_credits,
         webhook_url=t.webhook_url,
         business_hours=t.business_hours,
+        sms_keywords=SmsKeywordsOut(**keywords_from_json(t.sms_keywords).as_json()),
         created_at=t.created_at,
         updated_at=t.updated_at,
     )

@@ -6,7 +6,7 @@ import hashlib
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -15,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.domain.mailbox import prefix_from_name, prefix_problem
+from gateway.domain.mo import KeywordProblem, check_keywords
 from gateway.domain.model import SenderMode, Tenant
 from gateway.services.errors import ConflictError, InvalidInputError, NotFoundError
 from gateway.services.normalize import normalize_domain
@@ -54,6 +55,8 @@ class TenantSettings:
     attachments_quota_bytes: int | None = None
     webhook_url: str | None = None
     business_hours: dict[str, Any] | None = None
+    #: {"stop": [...], "start": [...]}; a missing list keeps the default. None: the defaults.
+    sms_keywords: Mapping[str, Sequence[str] | None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +90,7 @@ class TenantService:
         mode = settings.sms_sender_mode or SenderMode.POOL
         alnum = _check_sender(mode, settings.sms_alphanumeric)
         domains = _check_domains(settings.trusted_domains or ())
+        keywords = _check_keywords(settings.sms_keywords)
         quota = (
             self.default_quota_bytes
             if settings.attachments_quota_bytes is None
@@ -122,6 +126,7 @@ class TenantService:
                     "webhook_url": settings.webhook_url,
                     "webhook_secret": webhook_secret,
                     "business_hours": settings.business_hours,
+                    "sms_keywords": keywords,
                     "created_at": now,
                     "updated_at": now,
                 },
@@ -169,6 +174,8 @@ class TenantService:
             values["webhook_url"] = changes.webhook_url
         if "business_hours" in fields_set:
             values["business_hours"] = changes.business_hours
+        if "sms_keywords" in fields_set:
+            values["sms_keywords"] = _check_keywords(changes.sms_keywords)
         sender_touched = "sms_sender_mode" in fields_set or "sms_alphanumeric" in fields_set
         now = self.clock()
 
@@ -273,3 +280,14 @@ def _check_domains(domains: Sequence[str]) -> list[str]:
         if d not in out:
             out.append(d)
     return out
+
+
+def _check_keywords(value: Mapping[str, Sequence[str] | None] | None) -> dict[str, list[str]] | None:
+    """Validated keyword lists as stored: only the lists given (a missing one follows the default)."""
+    if value is None:
+        return None
+    checked = check_keywords(value.get("stop"), value.get("start"))
+    if isinstance(checked, KeywordProblem):
+        raise InvalidInputError(f"sms_keywords.{checked.field}", checked.reason)
+    stored = {k: words for k, words in checked.as_json().items() if value.get(k) is not None}
+    return stored or None

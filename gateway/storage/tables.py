@@ -324,7 +324,8 @@ sender_assignments = sa.Table(
     _ts("last_used_at"),
     _ts("created_at"),
     sa.UniqueConstraint("tenant_id", "customer_e164"),
-    sa.UniqueConstraint("sender_e164", "customer_e164"),
+    # Customer first: the same index answers "who holds which number for this customer" (every send).
+    sa.UniqueConstraint("customer_e164", "sender_e164"),
 )
 
 # The durable outbox. See gateway/storage/jobs.py for the state machine.
@@ -358,4 +359,21 @@ idempotency_keys = sa.Table(
     sa.Column("status_code", sa.Integer, nullable=False),
     sa.Column("response", JSONType, nullable=False),
     _ts("created_at"),
+)
+
+# One row per mobile-originated deliver_sm recently received (single messages and concatenation
+# parts alike): a redelivery of one we committed but never answered (we crashed before the
+# deliver_sm_resp) is recognised by its fingerprint (gateway.domain.mo.fingerprint) and stored once.
+# ``answered`` is set once our ESME_ROK went out: an SMSC never resends an answered deliver_sm, so an
+# identical one after that is the customer writing the same words again. Rows older than
+# ``[sms] mo_duplicate_window_minutes`` no longer count and are purged.
+sms_mo_fingerprints = sa.Table(
+    "sms_mo_fingerprints",
+    metadata,
+    sa.Column("fingerprint", sa.String(64), primary_key=True),
+    sa.Column("tenant_id", sa.String(40)),  # what it became, once known: for the duplicate's drop record
+    sa.Column("message_id", sa.String(40)),
+    sa.Column("answered", sa.Boolean, nullable=False, default=False),
+    _ts("received_at"),
+    sa.Index("ix_sms_mo_fingerprints_received_at", "received_at"),
 )

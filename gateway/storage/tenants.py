@@ -57,6 +57,7 @@ async def load_tenant(conn: AsyncConnection, tenant_id: str) -> Tenant | None:
         business_hours=row["business_hours"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+        sms_keywords=row["sms_keywords"],
     )
 
 
