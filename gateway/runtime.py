@@ -222,16 +222,7 @@ class Runtime:
                 default_region=cfg.sms.default_region,
             ),
         )
-        delivery = SmsDelivery(
-            ctx.db,
-            pool,
-            self.clock,
-            # Bounded by the lease: a job must not outlive its claim while it waits for a bind.
-            submit_timeout=max(1.0, cfg.queue.lease_seconds / 2),
-            resubmit_unknown=cfg.sms.resubmit_unknown,
-            id_key=id_key,
-            inbound=inbound,
-        )
+        delivery = SmsDelivery(ctx.db, self.clock, id_key=id_key, inbound=inbound)
         delivery_ref.append(delivery)
         submitter = SmsSubmitter(
             ctx.db,

@@ -1,34 +1,30 @@
-"""SMS delivery: the ``sms.submit`` job (parts to the SMSC) and delivery receipts -> message status.
+"""SMS delivery results: receipts and late ``submit_sm_resp`` s -> part and message status.
 
-Idempotent by construction (jobs are at-least-once): each part's state is stored, and a retried job
-only submits the parts still ``pending``. Parts whose ``submit_sm`` got no response are ``unknown``
-and are not resubmitted unless ``[sms] resubmit_unknown`` is on (duplicate risk; docs/decisions.md).
+(Submitting is :mod:`gateway.services.sms_submit`; mobile-originated messages go on to
+:mod:`gateway.services.inbound`.)
 
-Message status from its parts: any part ``failed`` -> failed (credits for parts the SMSC never
-accepted come back); every part ``delivered`` -> delivered; nothing left ``pending`` -> sent.
+Message status from its parts (:func:`settle`): any part ``failed`` -> failed (credits for parts
+the SMSC never accepted come back); every part ``delivered`` -> delivered; nothing left
+``pending`` -> sent.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway.domain.ports import InboundSms, SmsTransport, SubmitPart, SubmitResult
+from gateway.domain.ports import InboundSms
 from gateway.domain.receipts import Receipt, ReceiptError, ReceiptState, is_receipt, parse_receipt
-from gateway.domain.sms_text import Encoding
-from gateway.domain.udh import concat_parts
 from gateway.services.inbound import InboundSmsService
 from gateway.storage import messages as repo
 from gateway.storage import tenants as tenants_repo
 from gateway.storage.db import lock_name
-from gateway.storage.jobs import Job
 from gateway.storage.tables import drops, parked_receipts, sms_parts
 
 log = logging.getLogger(__name__)
@@ -47,140 +43,22 @@ class RetryLaterError(Exception):
 
 
 class SmsDelivery:
+    """Everything an SMSC sends us (deliver_sm, late responses), for the SMPP adapter to call."""
+
     def __init__(
         self,
         db: Any,
-        transport: SmsTransport,
         clock: Callable[[], datetime],
         *,
-        submit_timeout: float,
-        resubmit_unknown: bool = False,
         id_key: IdKey = default_id_key,
         inbound: InboundSmsService | None = None,
     ) -> None:
         self.db = db
-        self.transport = transport
         self.clock = clock
-        self.submit_timeout = submit_timeout
-        self.resubmit_unknown = resubmit_unknown
         self.id_key = id_key
         self.inbound = inbound  # mobile-originated messages (not receipts) go there
         self.receipts_matched = 0
         self.receipts_parked = 0
-
-    # --- the sms.submit job -------------------------------------------------------------------
-
-    async def handle(self, job: Job) -> None:
-        message_id: str = job.payload["message_id"]
-        ref = int(job.payload.get("ref", 0))
-        now = self.clock()
-
-        async def begin(conn: AsyncConnection) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
-            message = await repo.get_message(conn, message_id)
-            if message is None:
-                return None
-            if message["status"] in ("queued", "scheduled"):
-                await repo.set_message_status(
-                    conn, message_id, "sending", now, only_from=("queued", "scheduled")
-                )
-                await _status_event(conn, message, "sending", None, now)
-            elif message["status"] != "sending":
-                return None  # cancelled, or already settled by an earlier attempt
-            return message, await repo.get_parts(conn, message_id)
-
-        state = await self.db.write(begin)
-        if state is None:
-            return
-        message, parts = state
-        wanted = {"pending", "unknown"} if self.resubmit_unknown else {"pending"}
-        todo = [p for p in parts if p["status"] in wanted]
-        submits = self._build(message, ref)
-        results: Sequence[SubmitResult] = await asyncio.gather(
-            *(self.transport.submit(submits[p["part_no"] - 1], timeout=self.submit_timeout) for p in todo)
-        )
-        last_attempt = job.attempts >= job.max_attempts
-        now = self.clock()
-
-        async def record(conn: AsyncConnection) -> bool:
-            retry = False
-            for part, result in zip(todo, results, strict=True):
-                no = part["part_no"]
-                if result.outcome == "ok" and result.message_id is not None:
-                    key = self.id_key(result.connector or "", result.message_id, "resp")
-                    await repo.update_part(
-                        conn,
-                        message_id,
-                        no,
-                        now,
-                        status="submitted",
-                        connector=result.connector,
-                        smsc_message_id=result.message_id,
-                        smsc_message_key=key,
-                        submitted_at=now,
-                        status_reason=None,
-                    )
-                    await self._apply_parked(conn, result.connector or "", key)
-                elif result.outcome == "failed":
-                    await repo.update_part(
-                        conn,
-                        message_id,
-                        no,
-                        now,
-                        status="failed",
-                        connector=result.connector,
-                        status_reason=result.status_name or "rejected",
-                    )
-                elif result.outcome == "unknown":
-                    await repo.update_part(
-                        conn,
-                        message_id,
-                        no,
-                        now,
-                        status="unknown",
-                        connector=result.connector,
-                        status_reason="no submit_sm_resp (outcome unknown)",
-                    )
-                elif last_attempt:
-                    await repo.update_part(
-                        conn,
-                        message_id,
-                        no,
-                        now,
-                        status="failed",
-                        status_reason=f"{result.outcome}: no SMSC accepted it after {job.attempts} attempts",
-                    )
-                else:
-                    retry = True
-            await settle(conn, message_id, now)
-            return retry
-
-        if await self.db.write(record):
-            raise RetryLaterError(f"message {message_id}: parts left for a later attempt")
-
-    def _build(self, message: dict[str, Any], ref: int) -> list[SubmitPart]:
-        encoding = Encoding(message["sms_encoding"])
-        _, payloads = concat_parts(message["text"], ref=ref, encoding=encoding)
-        sender: str = message["sender"]
-        if sender.startswith("+"):
-            # SPEC 2.5: numbers travel as international digits without '+', TON 1 / NPI 1 (E.164).
-            source, ton, npi = sender[1:], 1, 1
-        else:
-            source, ton, npi = sender, 5, 0  # alphanumeric (SMPP 3.4 §5.2.5 TON 5)
-        multipart = len(payloads) > 1
-        return [
-            SubmitPart(
-                source_addr=source,
-                source_ton=ton,
-                source_npi=npi,
-                destination_addr=message["recipient"].lstrip("+"),
-                esm_class=0x40 if multipart else 0x00,  # UDHI: short_message starts with the UDH
-                data_coding=0x00 if encoding is Encoding.GSM7 else 0x08,
-                short_message=payload,
-                registered_delivery=1,
-                ref=(message["id"], n),
-            )
-            for n, payload in enumerate(payloads, start=1)
-        ]
 
     async def on_late_response(self, connector: str, ref: Any, smsc_id: str | None, status: int) -> None:
         """A submit_sm_resp that came after we gave up waiting: the part was not lost after all."""
