@@ -17,7 +17,7 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -235,8 +235,8 @@ class Runtime:
         )
         self.job_handlers[SMS_JOB] = submitter.handle
         self.smpp_pool = pool
-        stop = asyncio.Event()
-        task = asyncio.create_task(pool.run(stop), name="smpp-pool")
+        # Sessions stop sending at shutdown, wait briefly for responses, unbind.
+        task = self._background(stack, "smpp-pool", pool.run)
 
         async def ready() -> tuple[bool, dict[str, Any]]:
             binds = pool.snapshot()
@@ -255,26 +255,13 @@ class Runtime:
 
         stack.push_async_callback(final_marks)
 
-        async def shutdown() -> None:
-            stop.set()  # sessions stop sending, wait briefly for responses, unbind
-            try:
-                await asyncio.wait_for(asyncio.shield(task), self.config.daemon.shutdown_timeout_seconds)
-            except TimeoutError:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-
-        stack.push_async_callback(shutdown)
-
         # Inbound SMS housekeeping: incomplete concatenations past their timeout are stored with a
         # note, expired duplicate fingerprints forgotten. Registered after the pool, so it stops first.
-        mo_stop = asyncio.Event()
-
-        async def housekeeping() -> None:
-            while not mo_stop.is_set():
+        async def housekeeping(stop: asyncio.Event) -> None:
+            while not stop.is_set():
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(mo_stop.wait(), cfg.sms.housekeeping_seconds)
-                if mo_stop.is_set():
+                    await asyncio.wait_for(stop.wait(), cfg.sms.housekeeping_seconds)
+                if stop.is_set():
                     return
                 try:
                     await inbound.flush_answered()
@@ -283,7 +270,7 @@ class Runtime:
                 except Exception:  # a database hiccup: log it, try again next round
                     log.exception("inbound sms housekeeping failed")
 
-        mo_task = asyncio.create_task(housekeeping(), name="sms-inbound-housekeeping")
+        self._background(stack, "sms-inbound-housekeeping", housekeeping)
         mo_gauge = Gauge(
             "gateway_sms_inbound", "MO deliver_sm since start by outcome", ["outcome"], registry=ctx.registry
         )
@@ -293,17 +280,6 @@ class Runtime:
                 mo_gauge.labels(outcome).set(n)
 
         ctx.metrics_refreshers.append(mo_metrics)
-
-        async def stop_housekeeping() -> None:
-            mo_stop.set()
-            try:
-                await asyncio.wait_for(asyncio.shield(mo_task), self.config.daemon.shutdown_timeout_seconds)
-            except TimeoutError:
-                mo_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await mo_task
-
-        stack.push_async_callback(stop_housekeeping)
 
     def _smpp_metrics(self, ctx: ApiContext, pool: ConnectorPool, delivery: SmsDelivery) -> None:
         labels = ["connector"]
@@ -371,31 +347,50 @@ class Runtime:
 
         ctx.metrics_refreshers.append(refresh)
 
-    async def _start_jobs(self, stack: contextlib.AsyncExitStack, ctx: ApiContext, runner: JobRunner) -> None:
-        for kind, handler in self.job_handlers.items():
-            runner.register(kind, handler)
+    def _background(
+        self,
+        stack: contextlib.AsyncExitStack,
+        name: str,
+        run: Callable[[asyncio.Event], Coroutine[Any, Any, None]],
+        *,
+        on_deadline: Callable[[], None] | None = None,
+    ) -> asyncio.Task[None]:
+        """Start ``run(stop)`` as a task; at shutdown set ``stop``, give it until the deadline to
+        finish (``[daemon] shutdown_timeout_seconds``), then cancel it. Registered on ``stack``, so it
+        is stopped before whatever was started earlier."""
         stop = asyncio.Event()
-        task = asyncio.create_task(runner.run(stop), name="jobrunner")
-
-        async def ready() -> tuple[bool, dict[str, Any]]:
-            return not task.done(), {"in_flight": runner.in_flight, "kinds": sorted(self.job_handlers)}
-
-        ctx.ready_checks["jobs"] = ready
+        task = asyncio.create_task(run(stop), name=name)
 
         async def shutdown() -> None:
             stop.set()
             try:
                 await asyncio.wait_for(asyncio.shield(task), self.config.daemon.shutdown_timeout_seconds)
             except TimeoutError:
-                log.warning(
-                    "jobs still running at the shutdown deadline; cancelled, they will be re-claimed",
-                    extra={"in_flight": runner.in_flight},
-                )
+                if on_deadline is not None:
+                    on_deadline()
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
         stack.push_async_callback(shutdown)
+        return task
+
+    async def _start_jobs(self, stack: contextlib.AsyncExitStack, ctx: ApiContext, runner: JobRunner) -> None:
+        for kind, handler in self.job_handlers.items():
+            runner.register(kind, handler)
+
+        def late() -> None:
+            log.warning(
+                "jobs still running at the shutdown deadline; cancelled, they will be re-claimed",
+                extra={"in_flight": runner.in_flight},
+            )
+
+        task = self._background(stack, "jobrunner", runner.run, on_deadline=late)
+
+        async def ready() -> tuple[bool, dict[str, Any]]:
+            return not task.done(), {"in_flight": runner.in_flight, "kinds": sorted(self.job_handlers)}
+
+        ctx.ready_checks["jobs"] = ready
 
     async def _start_http(self, stack: contextlib.AsyncExitStack, ctx: ApiContext) -> None:
         cfg = self.config.http

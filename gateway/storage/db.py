@@ -181,17 +181,16 @@ class Database:
         pool_size: int = 10,
         busy_timeout_ms: int = 5000,
         pg_schema: str | None = None,
-        group_commit: bool | None = None,
     ) -> Database:
         engine = make_engine(url, pool_size=pool_size, busy_timeout_ms=busy_timeout_ms, pg_schema=pg_schema)
-        if group_commit is None:
-            group_commit = engine.dialect.name == "sqlite"
+        # Group commit is for SQLite, where one writer and an fsync per commit are the limits;
+        # PostgreSQL runs concurrent transactions itself.
+        group_commit = engine.dialect.name == "sqlite"
         db = cls(engine=engine, group_commit=group_commit)
         if group_commit:
-            if engine.dialect.name == "sqlite":
-                db._sync_engine = _sqlite_sync_engine(url, busy_timeout_ms)
-                db._sync_conn = await asyncio.to_thread(db._sync_engine.connect)
-                await asyncio.to_thread(db._sync_conn.execution_options, sqlite_immediate=True)
+            db._sync_engine = _sqlite_sync_engine(url, busy_timeout_ms)
+            db._sync_conn = await asyncio.to_thread(db._sync_engine.connect)
+            await asyncio.to_thread(db._sync_conn.execution_options, sqlite_immediate=True)
             db._writer = asyncio.create_task(db._write_loop(), name="db-group-writer")
         return db
 
@@ -236,53 +235,13 @@ class Database:
                     break
                 batch.append(item)
             try:
-                await self._run_batch(batch)
+                assert self._sync_conn is not None
+                await self._run_batch_on_loop(batch, self._sync_conn)
             except Exception as exc:  # the commit itself failed: nobody in the batch was committed
                 log.exception("group commit failed", extra={"units": len(batch)})
                 for p in batch:
                     if not p.future.done():
                         p.future.set_exception(exc)
-
-    async def _run_batch(self, batch: list[_Pending]) -> None:
-        if self._sync_conn is not None:
-            await self._run_batch_on_loop(batch, self._sync_conn)
-            return
-        outcomes: list[tuple[_Pending, bool, Any]] = []
-        async with self.engine.connect() as conn:
-            await conn.execution_options(sqlite_immediate=True)
-            async with conn.begin():
-                # SAVEPOINTs straight on the driver: SQLAlchemy's begin_nested() costs several
-                # thread round trips per unit, which dominated group-commit throughput.
-                driver = (await conn.get_raw_connection()).driver_connection
-                assert driver is not None
-                for p in batch:
-                    if p.future.cancelled():
-                        continue
-                    await driver.execute("SAVEPOINT gc_unit")
-                    try:
-                        result = await p.unit(conn)
-                    except BaseException as exc:  # handed to the unit's caller (KeyboardInterrupt re-raised)
-                        if conn.in_nested_transaction():
-                            nested = conn.get_nested_transaction()
-                            if nested is not None:
-                                await nested.rollback()
-                        await driver.execute("ROLLBACK TO gc_unit")
-                        await driver.execute("RELEASE gc_unit")
-                        outcomes.append((p, False, exc))
-                        if not isinstance(exc, Exception):
-                            raise
-                    else:
-                        await driver.execute("RELEASE gc_unit")
-                        outcomes.append((p, True, result))
-        self.batches += 1
-        # Only now, after COMMIT, do the callers learn their outcome.
-        for p, ok, value in outcomes:
-            if p.future.done():
-                continue
-            if ok:
-                p.future.set_result(value)
-            else:
-                p.future.set_exception(value)
 
     async def _run_batch_on_loop(self, batch: list[_Pending], sync_conn: Connection) -> None:
         outcomes: list[tuple[_Pending, bool, Any]] = []
@@ -316,6 +275,7 @@ class Database:
                 await asyncio.to_thread(trans.rollback)
             raise
         self.batches += 1
+        # Only now, after COMMIT, do the callers learn their outcome.
         for p, ok, value in outcomes:
             if p.future.done():
                 continue
