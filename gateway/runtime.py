@@ -38,6 +38,7 @@ from gateway.services.contacts import ContactService
 from gateway.services.delivery import SmsDelivery
 from gateway.services.inbound import InboundSettings, InboundSmsService
 from gateway.services.jobrunner import JobRunner
+from gateway.services.maintenance import Maintenance, Retention
 from gateway.services.outbound import SMS_JOB, MessageQueries, OutboundService, SmsSettings
 from gateway.services.sms_submit import SmsSubmitter
 from gateway.services.tenants import TenantService
@@ -184,6 +185,7 @@ class Runtime:
         # Stopped in reverse order: HTTP stops accepting first, then jobs finish, then SMPP unbinds.
         await self._start_smpp(stack, ctx)
         await self._start_jobs(stack, ctx, runner)
+        self._start_maintenance(stack, ctx, queue)
         await self._start_http(stack, ctx)
 
     async def _start_smpp(self, stack: contextlib.AsyncExitStack, ctx: ApiContext) -> None:
@@ -374,6 +376,40 @@ class Runtime:
 
         stack.push_async_callback(shutdown)
         return task
+
+    def _start_maintenance(self, stack: contextlib.AsyncExitStack, ctx: ApiContext, queue: JobQueue) -> None:
+        cfg = self.config.queue
+        maintenance = Maintenance(
+            ctx.db,
+            queue,
+            self.clock,
+            Retention(
+                done_jobs=timedelta(days=cfg.keep_done_days),
+                idempotency_keys=timedelta(days=cfg.keep_idempotency_days),
+                # Receipts whose part never appeared: an SMSC's stray, or for a message we never sent.
+                parked_receipts=timedelta(days=7),
+            ),
+        )
+
+        async def loop(stop: asyncio.Event) -> None:
+            while not stop.is_set():
+                try:
+                    await maintenance.run_once()
+                except Exception:  # a database hiccup: log it, try again next round
+                    log.exception("housekeeping failed")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), cfg.maintenance_seconds)
+
+        self._background(stack, "maintenance", loop)
+        purged = Gauge(
+            "gateway_purged_rows", "Rows deleted by housekeeping since start", ["kind"], registry=ctx.registry
+        )
+
+        async def refresh() -> None:
+            for kind, n in maintenance.purged.items():
+                purged.labels(kind).set(n)
+
+        ctx.metrics_refreshers.append(refresh)
 
     async def _start_jobs(self, stack: contextlib.AsyncExitStack, ctx: ApiContext, runner: JobRunner) -> None:
         for kind, handler in self.job_handlers.items():

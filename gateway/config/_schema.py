@@ -157,6 +157,11 @@ class QueueConfig:
     retry_base_seconds: float = _opt(5.0, gt=0)
     retry_max_seconds: float = _opt(3600.0, gt=0)  # cross-checked: >= retry_base_seconds
     poll_interval_seconds: float = _opt(0.5, gt=0)
+    # Housekeeping (gateway/services/maintenance.py): how long finished jobs and idempotency keys are
+    # kept, and how often the daemon looks.
+    keep_done_days: int = _opt(7, ge=1, le=3650)
+    keep_idempotency_days: int = _opt(7, ge=1, le=3650)
+    maintenance_seconds: float = _opt(300.0, gt=0, le=86400)
 
 
 @dataclass(frozen=True, slots=True)

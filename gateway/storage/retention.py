@@ -1,0 +1,40 @@
+"""Deleting what has served its purpose, in bounded chunks (see gateway/services/maintenance.py)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gateway.storage.tables import idempotency_keys, parked_receipts
+
+
+async def purge_parked_receipts(conn: AsyncConnection, before: datetime, limit: int) -> int:
+    """Receipts parked before ``before`` whose part never showed up (an SMSC's stray or a resend)."""
+    old = (
+        sa.select(parked_receipts.c.id)
+        .where(parked_receipts.c.received_at < before)
+        .limit(limit)
+        .scalar_subquery()
+    )
+    result = await conn.execute(sa.delete(parked_receipts).where(parked_receipts.c.id.in_(old)))
+    return int(result.rowcount)
+
+
+async def purge_idempotency_keys(conn: AsyncConnection, before: datetime, limit: int) -> int:
+    # Composite key: delete by (tenant_id, key) pairs picked in a subquery both engines accept.
+    rows = (
+        await conn.execute(
+            sa.select(idempotency_keys.c.tenant_id, idempotency_keys.c.key)
+            .where(idempotency_keys.c.created_at < before)
+            .limit(limit)
+        )
+    ).all()
+    for tenant_id, key in rows:
+        await conn.execute(
+            sa.delete(idempotency_keys).where(
+                idempotency_keys.c.tenant_id == tenant_id, idempotency_keys.c.key == key
+            )
+        )
+    return len(rows)

@@ -1,0 +1,72 @@
+"""Housekeeping deletes what has served its purpose, and nothing younger or still useful."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import sqlalchemy as sa
+from conftest import FakeClock
+
+from gateway.services.maintenance import Maintenance, Retention
+from gateway.storage import jobs
+from gateway.storage.db import Database
+from gateway.storage.tables import idempotency_keys, parked_receipts, tenants
+
+KEEP = Retention(
+    done_jobs=timedelta(days=7), idempotency_keys=timedelta(days=7), parked_receipts=timedelta(days=7)
+)
+
+
+async def test_old_rows_go_and_young_or_failed_ones_stay(db: Database, clock: FakeClock) -> None:
+    queue = jobs.JobQueue(db, clock=clock, policy=jobs.RetryPolicy(), lease_seconds=60)
+
+    async def seed(conn: sa.ext.asyncio.AsyncConnection) -> None:
+        now = clock()
+        await conn.execute(
+            sa.insert(tenants).values(
+                id="ten_1",
+                name="T",
+                sms_sender_mode="pool",
+                attachments_save=False,
+                attachments_quota_bytes=0,
+                attachments_used_bytes=0,
+                sms_credits=0,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        for key in ("old", "young"):
+            await conn.execute(
+                sa.insert(idempotency_keys).values(
+                    tenant_id="ten_1", key=key, request_hash="h", status_code=202, response={}, created_at=now
+                )
+            )
+        await conn.execute(
+            sa.insert(parked_receipts).values(
+                connector="c", smsc_message_key="k", receipt={}, received_at=now
+            )
+        )
+        for _ in range(3):
+            await jobs.enqueue(conn, "test", {}, now=now, max_attempts=1)
+
+    await db.write(seed)
+    claimed = await queue.claim("w", 3)
+    await queue.complete(claimed[:2], "w")
+    await queue.retry_or_fail(claimed[2], "w", "boom", retryable=False)  # failed: kept for operators
+    clock.advance(days=8)
+
+    async def young(conn: sa.ext.asyncio.AsyncConnection) -> None:
+        await conn.execute(
+            sa.update(idempotency_keys).where(idempotency_keys.c.key == "young").values(created_at=clock())
+        )
+
+    await db.write(young)
+    done = await Maintenance(db, queue, clock, KEEP).run_once()
+    assert done == {"jobs": 2, "idempotency_keys": 1, "parked_receipts": 1}
+    assert {k: n for k, n in (await queue.counts()).items() if n} == {"failed": 1}
+    left = await db.read(lambda conn: _keys(conn))
+    assert left == ["young"]
+
+
+async def _keys(conn: sa.ext.asyncio.AsyncConnection) -> list[str]:
+    return list((await conn.execute(sa.select(idempotency_keys.c.key))).scalars())
