@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import sqlalchemy as sa
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -123,6 +124,23 @@ def _setup_sqlite_events(sync_engine: Engine, busy_timeout_ms: int) -> None:
             conn.exec_driver_sql("BEGIN")
 
 
+_INSERT_PLANS: dict[tuple[str, tuple[str, ...]], tuple[str, list[str], list[Any], dict[str, Any]]] = {}
+
+
+async def insert(
+    conn: AsyncConnection, table: sa.Table, values: dict[str, Any] | list[dict[str, Any]]
+) -> None:
+    """``INSERT`` rows of ``table``: raw sqlite3 inside the SQLite writer, SQLAlchemy elsewhere.
+
+    For the hot paths (a message, its parts, its event and ledger rows), where SQLAlchemy's per-call
+    statement set-up cost more than SQLite's own work.
+    """
+    if isinstance(conn, LoopConnection):
+        conn.insert_now(table, values)
+        return
+    await conn.execute(table.insert(), values)
+
+
 class LoopConnection:
     """The part of :class:`AsyncConnection` units use, over a sync Connection run on the loop thread.
 
@@ -149,6 +167,50 @@ class LoopConnection:
 
     async def get_raw_connection(self) -> Any:
         return self._conn.connection
+
+    def insert_now(self, table: sa.Table, values: dict[str, Any] | list[dict[str, Any]]) -> int | None:
+        """INSERT straight into sqlite3 (no statement compilation or result set-up per call), with the
+        same conversions SQLAlchemy would apply (each column type's bind processor, scalar column
+        defaults). Returns the last rowid."""
+        rows = values if isinstance(values, list) else [values]
+        if not rows:
+            return None
+        sql, names, processors, defaults = self._insert_plan(table, tuple(rows[0]))
+        raw = self._conn.connection.driver_connection
+        assert raw is not None
+
+        def params(row: dict[str, Any]) -> tuple[Any, ...]:
+            merged = {**defaults, **row}
+            return tuple(
+                proc(merged[n]) if proc is not None else merged[n]
+                for n, proc in zip(names, processors, strict=True)
+            )
+
+        if len(rows) == 1:
+            cursor = raw.execute(sql, params(rows[0]))
+        else:
+            cursor = raw.executemany(sql, [params(r) for r in rows])
+        rowid: int | None = cursor.lastrowid
+        return rowid
+
+    def _insert_plan(
+        self, table: sa.Table, keys: tuple[str, ...]
+    ) -> tuple[str, list[str], list[Any], dict[str, Any]]:
+        plan = _INSERT_PLANS.get((table.name, keys))
+        if plan is None:
+            defaults = {
+                c.key: c.default.arg  # type: ignore[attr-defined]
+                for c in table.columns
+                if c.key not in keys and c.default is not None and getattr(c.default, "is_scalar", False)
+            }
+            names = [*keys, *defaults]
+            processors = [
+                table.c[n].type.dialect_impl(self.dialect).bind_processor(self.dialect) for n in names
+            ]
+            quoted = ", ".join(self.dialect.identifier_preparer.quote(n) for n in names)
+            sql = f"INSERT INTO {table.name} ({quoted}) VALUES ({', '.join('?' * len(names))})"
+            plan = _INSERT_PLANS[(table.name, keys)] = (sql, names, processors, defaults)
+        return plan
 
     def in_transaction(self) -> bool:
         return self._conn.in_transaction()

@@ -44,7 +44,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway.storage.db import Database
+from gateway.storage.db import Database, LoopConnection
 from gateway.storage.tables import UTCDateTime, jobs
 
 __all__ = [
@@ -212,6 +212,8 @@ async def enqueue(
         "created_at": now,
         "updated_at": now,
     }
+    if isinstance(conn, LoopConnection) and _FAST_SQLITE_INSERT:
+        return int(conn.insert_now(_J, values) or 0)
     if conn.dialect.driver == "aiosqlite" and _FAST_SQLITE_INSERT:
         driver = (await conn.get_raw_connection()).driver_connection  # the aiosqlite.Connection
         if driver is not None:

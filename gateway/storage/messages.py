@@ -10,6 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from gateway.storage.db import insert
 from gateway.storage.tables import events, idempotency_keys, messages, sms_parts, threads
 
 
@@ -64,8 +65,9 @@ async def find_or_create_thread(
         if found:
             return str(found), False
     thread_id = new_id("thr")
-    await conn.execute(
-        _INSERT_THREAD,
+    await insert(
+        conn,
+        threads,
         {
             "id": thread_id,
             "tenant_id": tenant_id,
@@ -118,7 +120,7 @@ _TOUCH_THREAD = (
 
 async def insert_message(conn: AsyncConnection, values: dict[str, Any]) -> None:
     """``values`` should name every column (one compiled form is then reused)."""
-    await conn.execute(_INSERT_MESSAGE, values)
+    await insert(conn, messages, values)
 
 
 async def insert_sms_parts(conn: AsyncConnection, message_id: str, parts: int, now: datetime) -> None:
@@ -126,7 +128,7 @@ async def insert_sms_parts(conn: AsyncConnection, message_id: str, parts: int, n
         {"message_id": message_id, "part_no": n, "status": "pending", "updated_at": now}
         for n in range(1, parts + 1)
     ]
-    await conn.execute(_INSERT_PARTS, rows if len(rows) > 1 else rows[0])
+    await insert(conn, sms_parts, rows)
 
 
 _GET_MESSAGE = sa.select(messages).where(messages.c.id == sa.bindparam("m_id"))
@@ -195,9 +197,7 @@ async def add_event(
     conn: AsyncConnection, tenant_id: str, type_: str, payload: dict[str, Any], now: datetime
 ) -> None:
     """Written in the same transaction as the change it reports (ARCHITECTURE rule 3)."""
-    await conn.execute(
-        _INSERT_EVENT, {"tenant_id": tenant_id, "type": type_, "payload": payload, "created_at": now}
-    )
+    await insert(conn, events, {"tenant_id": tenant_id, "type": type_, "payload": payload, "created_at": now})
 
 
 # --- idempotency -------------------------------------------------------------------------------

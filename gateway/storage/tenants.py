@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.domain.model import SenderMode, Tenant
+from gateway.storage.db import insert
 from gateway.storage.tables import api_keys, credit_ledger, mailbox_prefixes, tenants, trusted_domains
 
 
@@ -166,8 +167,9 @@ async def change_credits(
     balance = result.scalar_one_or_none()
     if balance is None:
         return None
-    await conn.execute(
-        _INSERT_LEDGER,
+    await insert(
+        conn,
+        credit_ledger,
         {
             "tenant_id": tenant_id,
             "delta": delta,
