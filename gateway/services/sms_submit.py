@@ -64,7 +64,6 @@ _MARK_SENT = (
 _UPDATE_PART = sa.update(sms_parts).where(
     sms_parts.c.message_id == sa.bindparam("b_message_id"), sms_parts.c.part_no == sa.bindparam("b_part_no")
 )
-_INSERT_EVENTS = sa.insert(events)
 
 
 @dataclass

@@ -97,7 +97,6 @@ _THREAD_OF_CONTACT = (
     .order_by(threads.c.last_message_at.desc())
     .limit(1)
 )
-_INSERT_THREAD = sa.insert(threads)
 
 
 async def touch_thread(conn: AsyncConnection, thread_id: str, now: datetime) -> None:
@@ -108,9 +107,6 @@ async def touch_thread(conn: AsyncConnection, thread_id: str, now: datetime) -> 
 
 
 # Statements built once: constructing a statement per call costs more than executing it.
-_INSERT_MESSAGE = sa.insert(messages)
-_INSERT_PARTS = sa.insert(sms_parts)
-_INSERT_EVENT = sa.insert(events)
 _TOUCH_THREAD = (
     sa.update(threads)
     .where(threads.c.id == sa.bindparam("t_id"))

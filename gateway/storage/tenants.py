@@ -148,7 +148,6 @@ _CHANGE_CREDITS = (
     .values(sms_credits=tenants.c.sms_credits + sa.bindparam("delta"), updated_at=sa.bindparam("now"))
     .returning(tenants.c.sms_credits)
 )
-_INSERT_LEDGER = sa.insert(credit_ledger)
 
 
 async def change_credits(
