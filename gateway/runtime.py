@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import signal
@@ -30,22 +31,42 @@ from gateway import __version__
 from gateway import config as config_mod
 from gateway.config import Config, ConfigError, SmppConnectorConfig
 from gateway.domain.receipts import MessageIdType, normalize_message_id
+from gateway.domain.webhooks import Resolver, RetrySchedule
 from gateway.http.app import build_app
 from gateway.http.context import ApiContext
+from gateway.http.webhook_client import AiohttpWebhookSender, system_resolver
 from gateway.logs import setup_logging
 from gateway.sdnotify import Notifier
+from gateway.services.bounces import BounceService
 from gateway.services.contacts import ContactService
+from gateway.services.conversations import ConversationService
 from gateway.services.delivery import SmsDelivery
+from gateway.services.email_send import EmailSender
+from gateway.services.events import EventHub
 from gateway.services.inbound import InboundSettings, InboundSmsService
 from gateway.services.jobrunner import JobRunner
 from gateway.services.maintenance import Maintenance, Retention
-from gateway.services.outbound import SMS_JOB, MessageQueries, OutboundService, SmsSettings
+from gateway.services.outbound import (
+    EMAIL_JOB,
+    SMS_JOB,
+    EmailSettings,
+    MessageQueries,
+    OutboundService,
+    SmsSettings,
+)
 from gateway.services.sms_submit import SmsSubmitter
 from gateway.services.tenants import TenantService
+from gateway.services.webhooks import WebhookDispatcher, WebhookSettings, check_webhook_url
 from gateway.smpp.pool import ConnectorPool
 from gateway.smpp.session import SmppSession
 from gateway.smpp.types import DeliverSm, to_inbound
+from gateway.smtp.addresses import check_deliverability
+from gateway.smtp.dkim import load_signer
+from gateway.smtp.errors import DkimKeyError
+from gateway.smtp.relay import RelaySettings, SmtpRelay
+from gateway.smtp.server import InboundHandler, SmtpListener
 from gateway.storage import senders
+from gateway.storage import webhooks as webhooks_repo
 from gateway.storage.db import Database
 from gateway.storage.jobs import JobQueue, RetryPolicy
 from gateway.storage.migrate import current_revision, head_revision
@@ -62,7 +83,18 @@ def utc_now() -> datetime:
 
 
 #: The restart-only keys: a SIGHUP that changes them is logged, and the old value stays in force.
-RESTART_ONLY = ("database", "http.host", "http.port", "smtp", "smpp", "imap", "storage.data_dir")
+RESTART_ONLY = (
+    "database",
+    "http.host",
+    "http.port",
+    "smtp",
+    "relay",
+    "dkim",
+    "smpp",
+    "imap",
+    "storage.data_dir",
+    "webhooks",
+)
 
 
 @dataclass
@@ -81,6 +113,11 @@ class Runtime:
     api_context: ApiContext | None = None
     job_handlers: dict[str, Callable[..., Awaitable[None]]] = field(default_factory=dict)
     smpp_pool: ConnectorPool | None = None
+    #: DNS for webhook URLs (tests inject one); None: getaddrinfo.
+    resolver: Resolver | None = None
+    webhooks: WebhookDispatcher | None = None
+    smtp_port: int | None = None
+    email_relay: SmtpRelay | None = None
     _reload: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def run(self) -> None:
@@ -177,6 +214,7 @@ class Runtime:
                     pool=cfg.sms.pool,
                 ),
                 on_enqueued=runner.wake,
+                email=self._email_settings(),
             ),
             messages=MessageQueries(db, self.clock),
         )
@@ -184,8 +222,10 @@ class Runtime:
         self._metrics(ctx, queue)
         # Stopped in reverse order: HTTP stops accepting first, then jobs finish, then SMPP unbinds.
         await self._start_smpp(stack, ctx)
+        await self._start_email(stack, ctx)
         await self._start_jobs(stack, ctx, runner)
         self._start_maintenance(stack, ctx, queue)
+        await self._start_webhooks(stack, ctx)
         await self._start_http(stack, ctx)
 
     async def _start_smpp(self, stack: contextlib.AsyncExitStack, ctx: ApiContext) -> None:
@@ -282,6 +322,134 @@ class Runtime:
                 mo_gauge.labels(outcome).set(n)
 
         ctx.metrics_refreshers.append(mo_metrics)
+
+    def _email_settings(self) -> EmailSettings | None:
+        """What accepting email needs; None (the email channel refused) without a Message-ID key."""
+        cfg = self.config
+        if not cfg.smtp.message_id_secret:
+            return None
+        return EmailSettings(
+            mail_domain=cfg.smtp.mail_domain,
+            message_id_key=cfg.smtp.message_id_secret.encode(),
+            max_attempts=cfg.queue.max_attempts,
+            deliverability=check_deliverability if cfg.smtp.check_deliverability else None,
+        )
+
+    async def _start_email(self, stack: contextlib.AsyncExitStack, ctx: ApiContext) -> None:
+        """The relay (the email.send job handler sends through it) and the SMTP listener (bounces)."""
+        cfg = self.config
+        if not cfg.smtp.message_id_secret:
+            if cfg.relay.host or cfg.smtp.enabled:
+                raise StartupError("smtp.message_id_secret must be set for outbound email and bounces")
+            log.warning("email is off: [smtp] message_id_secret is empty (the email channel is refused)")
+            return
+        key = cfg.smtp.message_id_secret.encode()
+        try:
+            signer = load_signer(
+                domain=cfg.smtp.mail_domain,
+                selector=cfg.dkim.selector,
+                private_key_file=cfg.dkim.private_key_file,
+                ed25519_selector=cfg.dkim.ed25519_selector,
+                ed25519_private_key_file=cfg.dkim.ed25519_private_key_file,
+            )
+        except DkimKeyError as exc:
+            raise StartupError(str(exc)) from None
+        if signer is None:
+            log.warning("[dkim] private_key_file is empty: outbound email goes out unsigned")
+        relay: SmtpRelay | None = None
+        if cfg.relay.host:
+            r = cfg.relay
+            relay = SmtpRelay(
+                RelaySettings(
+                    host=r.host,
+                    port=r.port,
+                    username=r.username,
+                    password=r.password,
+                    starttls=r.starttls,
+                    implicit_tls=r.implicit_tls,
+                    connections=r.connections,
+                    timeout=r.timeout_seconds,
+                    ca_file=r.ca_file,
+                    helo_name=cfg.smtp.mail_domain,
+                    max_messages_per_connection=r.max_messages_per_connection,
+                    idle_seconds=r.idle_seconds,
+                ),
+                signer,
+            )
+            sender = EmailSender(ctx.db, relay, self.clock, verp_key=key, mail_domain=cfg.smtp.mail_domain)
+            self.job_handlers[EMAIL_JOB] = sender.handle
+            self.email_relay = relay
+            stack.push_async_callback(relay.close)  # after the job runner stopped (reverse order)
+
+            async def relay_ready() -> tuple[bool, dict[str, Any]]:
+                snap = relay.snapshot()
+                return snap["state"] == "ok", snap
+
+            ctx.ready_checks["relay"] = relay_ready
+        else:
+            log.warning("no [relay] host configured: email messages stay queued until one is")
+        bounces = BounceService(ctx.db, self.clock)
+        handler: InboundHandler | None = None
+        if cfg.smtp.enabled:
+            handler = InboundHandler(mail_domain=cfg.smtp.mail_domain, verp_key=key, bounces=bounces)
+            listener = SmtpListener(
+                handler,
+                host=cfg.smtp.host,
+                port=cfg.smtp.port,
+                hostname=cfg.smtp.mail_domain,
+                max_message_bytes=cfg.smtp.max_message_bytes,
+            )
+            try:
+                self.smtp_port = await listener.start()
+            except OSError as exc:
+                raise StartupError(
+                    f"cannot listen on smtp {cfg.smtp.host}:{cfg.smtp.port}: {exc.strerror}"
+                ) from None
+            stack.push_async_callback(listener.stop, cfg.daemon.shutdown_timeout_seconds)
+
+            async def smtp_ready() -> tuple[bool, dict[str, Any]]:
+                return listener.serving, {"port": listener.port, "sessions": len(listener.sessions)}
+
+            ctx.ready_checks["smtp"] = smtp_ready
+        self._email_metrics(ctx, relay, handler, bounces)
+
+    def _email_metrics(
+        self,
+        ctx: ApiContext,
+        relay: SmtpRelay | None,
+        handler: InboundHandler | None,
+        bounces: BounceService,
+    ) -> None:
+        relayed = Gauge(
+            "gateway_email_relay", "Relay outcomes since start", ["result"], registry=ctx.registry
+        )
+        conns = Gauge(
+            "gateway_email_relay_connections", "Relay connections", ["state"], registry=ctx.registry
+        )
+        up = Gauge("gateway_email_relay_up", "0 while the relay cannot be reached", registry=ctx.registry)
+        inbound = Gauge(
+            "gateway_smtp_inbound", "SMTP listener outcomes since start", ["outcome"], registry=ctx.registry
+        )
+        bounced = Gauge(
+            "gateway_email_bounces", "Mail to bounce addresses by outcome", ["outcome"], registry=ctx.registry
+        )
+
+        async def refresh() -> None:
+            if relay is not None:
+                relayed.labels("sent").set(relay.sent)
+                relayed.labels("failed").set(relay.failed)
+                relayed.labels("deferred").set(relay.deferred)
+                snap = relay.snapshot()
+                conns.labels("open").set(snap["open_connections"])
+                conns.labels("idle").set(snap["idle_connections"])
+                up.set(0 if relay.failing else 1)
+            if handler is not None:
+                for outcome, n in handler.outcomes.items():
+                    inbound.labels(outcome).set(n)
+            for outcome, n in bounces.outcomes.items():
+                bounced.labels(outcome).set(n)
+
+        ctx.metrics_refreshers.append(refresh)
 
     def _smpp_metrics(self, ctx: ApiContext, pool: ConnectorPool, delivery: SmsDelivery) -> None:
         labels = ["connector"]
@@ -428,6 +596,78 @@ class Runtime:
 
         ctx.ready_checks["jobs"] = ready
 
+    async def _start_webhooks(self, stack: contextlib.AsyncExitStack, ctx: ApiContext) -> None:
+        """Issue 7: the event feed's wake-ups, the conversation reads, webhook URL checks (SSRF) and
+        the webhook dispatcher. Started before HTTP, so it stops after HTTP stopped accepting."""
+        cfg = self.config.webhooks
+        hub = EventHub()
+        ctx.db.on_commit = hub.notify  # commits that wrote events wake long-polls and the dispatcher
+        ctx.conversations = ConversationService(
+            ctx.db,
+            self.clock,
+            hub,
+            data_dir=Path(self.config.storage.data_dir),
+            poll_interval=cfg.poll_interval_seconds,
+        )
+        resolver = self.resolver or system_resolver
+        ctx.tenants.webhook_url_check = functools.partial(
+            check_webhook_url, resolver=resolver, allow_private=cfg.allow_private
+        )
+        sender = await stack.enter_async_context(
+            AiohttpWebhookSender(resolver, allow_private=cfg.allow_private, max_connections=cfg.concurrency)
+        )
+        dispatcher = WebhookDispatcher(
+            ctx.db,
+            self.clock,
+            sender,
+            WebhookSettings(
+                timeout=cfg.timeout_seconds,
+                schedule=RetrySchedule(
+                    base=timedelta(seconds=cfg.retry_base_seconds),
+                    cap=timedelta(seconds=cfg.retry_max_seconds),
+                    window=timedelta(hours=cfg.retry_hours),
+                ),
+                concurrency=cfg.concurrency,
+                poll_interval=cfg.poll_interval_seconds,
+                lease=timedelta(seconds=cfg.lease_seconds),
+            ),
+            owner=f"{socket.gethostname()}:{os.getpid()}:{id(self):x}",
+        )
+        hub.listen(dispatcher.wake)
+        self.webhooks = dispatcher
+        task = self._background(stack, "webhooks", dispatcher.run)
+
+        async def ready() -> tuple[bool, dict[str, Any]]:
+            return not task.done(), {"delivering_to": dispatcher.in_flight}
+
+        ctx.ready_checks["webhooks"] = ready
+        deliveries = Gauge(
+            "gateway_webhook_deliveries",
+            "Webhook POSTs since start: delivered (2xx), retried (failed, tried again), failed (given up)",
+            ["result"],
+            registry=ctx.registry,
+        )
+        failed_events = Gauge(
+            "gateway_webhook_failed_events",
+            "Events whose webhook delivery was given up after the retry window (all daemons)",
+            registry=ctx.registry,
+        )
+        failing = Gauge(
+            "gateway_webhook_tenants_failing", "Tenants whose endpoint is failing now", registry=ctx.registry
+        )
+        waiting = Gauge("gateway_events_long_polls", "GET /v1/events requests waiting", registry=ctx.registry)
+
+        async def refresh() -> None:
+            deliveries.labels("delivered").set(dispatcher.delivered)
+            deliveries.labels("retried").set(dispatcher.retried)
+            deliveries.labels("failed").set(dispatcher.failed)
+            waiting.set(hub.waiting)
+            given_up, failing_now = await ctx.db.read(webhooks_repo.counts)
+            failed_events.set(given_up)
+            failing.set(failing_now)
+
+        ctx.metrics_refreshers.append(refresh)
+
     async def _start_http(self, stack: contextlib.AsyncExitStack, ctx: ApiContext) -> None:
         cfg = self.config.http
         app = build_app(ctx, max_body_bytes=cfg.max_body_bytes)
@@ -499,5 +739,14 @@ def _merge_live(old: Config, new: Config) -> Config:
     http = dataclasses.replace(new.http, host=old.http.host, port=old.http.port)
     storage = dataclasses.replace(new.storage, data_dir=old.storage.data_dir)
     return dataclasses.replace(
-        new, database=old.database, http=http, smtp=old.smtp, smpp=old.smpp, imap=old.imap, storage=storage
+        new,
+        database=old.database,
+        http=http,
+        smtp=old.smtp,
+        relay=old.relay,
+        dkim=old.dkim,
+        smpp=old.smpp,
+        imap=old.imap,
+        storage=storage,
+        webhooks=old.webhooks,
     )

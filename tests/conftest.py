@@ -24,7 +24,9 @@ from sqlalchemy import text
 from gateway.http.app import build_app
 from gateway.http.context import ApiContext
 from gateway.services.contacts import ContactService
-from gateway.services.outbound import MessageQueries, OutboundService, SmsSettings
+from gateway.services.conversations import ConversationService
+from gateway.services.events import EventHub
+from gateway.services.outbound import EmailSettings, MessageQueries, OutboundService, SmsSettings
 from gateway.services.tenants import TenantService
 from gateway.storage import senders
 from gateway.storage.db import Database, make_engine
@@ -135,18 +137,23 @@ SMS_SETTINGS = SmsSettings(
     reply_window=timedelta(days=15),
     max_attempts=5,
 )
+MESSAGE_ID_KEY = b"test-message-id-secret-0123"
+EMAIL_SETTINGS = EmailSettings(mail_domain=MAIL_DOMAIN, message_id_key=MESSAGE_ID_KEY, max_attempts=5)
 
 
 @pytest.fixture
-async def api_context(db: Database, clock: FakeClock) -> ApiContext:
+async def api_context(db: Database, clock: FakeClock, tmp_path: Path) -> ApiContext:
     await db.write(lambda conn: senders.sync_pool(conn, POOL, clock()))
+    hub = EventHub()
+    db.on_commit = hub.notify
     return ApiContext(
         db=db,
         tenants=TenantService(db, clock, mail_domain=MAIL_DOMAIN, default_quota_bytes=100 * 2**20),
         contacts=ContactService(db, clock, default_region="PL"),
         admin_token=ADMIN_TOKEN,
-        outbound=OutboundService(db, clock, SMS_SETTINGS),
+        outbound=OutboundService(db, clock, SMS_SETTINGS, email=EMAIL_SETTINGS),
         messages=MessageQueries(db, clock),
+        conversations=ConversationService(db, clock, hub, data_dir=tmp_path / "data", poll_interval=0.2),
     )
 
 

@@ -30,7 +30,9 @@ from gateway.config._schema import (
     SmsConfig,
     SmtpConfig,
     StorageConfig,
+    WebhooksConfig,
     admin_token_problem,
+    email_problem,
     is_loopback,
 )
 
@@ -54,7 +56,9 @@ __all__ = [
     "SmsConfig",
     "SmtpConfig",
     "StorageConfig",
+    "WebhooksConfig",
     "admin_token_problem",
+    "email_problem",
     "is_loopback",
     "load",
     "sqlite_path",

@@ -203,6 +203,8 @@ def _cross_checks(cfg: Config, ctx: _Ctx) -> None:
                 )
     if cfg.queue.retry_max_seconds < cfg.queue.retry_base_seconds:
         raise ctx.error("queue.retry_max_seconds", "must be >= queue.retry_base_seconds")
+    if cfg.webhooks.retry_max_seconds < cfg.webhooks.retry_base_seconds:
+        raise ctx.error("webhooks.retry_max_seconds", "must be >= webhooks.retry_base_seconds")
 
 
 def _unique_names(prefix: str, names: list[str], ctx: _Ctx) -> None:

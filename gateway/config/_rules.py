@@ -130,6 +130,20 @@ def _check_domain(value: str) -> str:
     return value.lower()
 
 
+def _check_optional_domain(value: str) -> str:
+    return _check_domain(value) if value else value
+
+
+#: An HMAC key typed by a person: long enough that guessing it is hopeless.
+MIN_SECRET_LENGTH = 16
+
+
+def _check_secret(value: str) -> str:
+    if value and len(value) < MIN_SECRET_LENGTH:
+        raise _Invalid(f"must be at least {MIN_SECRET_LENGTH} characters (or empty: email off)")
+    return value
+
+
 def _check_db_url(value: str) -> str:
     # Only the async drivers we ship; a sync URL would block the event loop at runtime.
     if not value.startswith(_DB_PREFIXES):

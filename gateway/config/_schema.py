@@ -16,10 +16,12 @@ from gateway.config._rules import (
     _check_host,
     _check_name,
     _check_networks,
+    _check_optional_domain,
     _check_optional_host,
     _check_pool,
     _check_regions,
     _check_schema,
+    _check_secret,
     _lower,
     _norm_region,
     _opt,
@@ -55,6 +57,11 @@ class SmtpConfig:
     port: int = _opt(2525, **_PORT)
     mail_domain: str = _opt("mail.example.com", nonempty=True, normalize=_check_domain)
     max_message_bytes: int = _opt(26214400, ge=1)
+    # HMAC key of our Message-IDs and VERP bounce addresses (gateway.domain.email_ids). Required
+    # (>= 16 characters) for outbound email; keep it stable: changing it orphans replies to old mail.
+    message_id_secret: str = _opt("", secret=True, normalize=_check_secret)
+    # Also look the recipient's domain up in DNS (MX/A) when a message is accepted.
+    check_deliverability: bool = _opt(False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,12 +71,21 @@ class RelayConfig:
     username: str = _opt("")
     password: str = _opt("", secret=True)
     starttls: bool = _opt(True)
+    implicit_tls: bool = _opt(False)  # TLS from the first byte (RFC 8314, port 465); wins over starttls
+    ca_file: str = _opt("")  # extra CA bundle to verify the relay's certificate ("" = system CAs)
+    connections: int = _opt(4, ge=1, le=64)
+    timeout_seconds: float = _opt(30.0, gt=0)
+    max_messages_per_connection: int = _opt(1000, ge=1)
+    idle_seconds: float = _opt(60.0, gt=0)
 
 
 @dataclass(frozen=True, slots=True)
 class DkimConfig:
     selector: str = _opt("gateway", nonempty=True, normalize=_check_domain)
     private_key_file: str = _opt("")  # "" = do not sign
+    # A second, ed25519-sha256 signature (RFC 8463) under its own selector; needs PyNaCl.
+    ed25519_selector: str = _opt("", normalize=_check_optional_domain)
+    ed25519_private_key_file: str = _opt("")
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +188,22 @@ class DaemonConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class WebhooksConfig:
+    """Event delivery to tenants' webhook_url (gateway/services/webhooks.py)."""
+
+    # Let webhook URLs reach loopback/private/link-local addresses (SSRF guard off): tests, or a
+    # gateway whose applications live on the same private network.
+    allow_private: bool = _opt(False)
+    timeout_seconds: float = _opt(10.0, gt=0, le=300)  # per POST, connecting included
+    retry_hours: float = _opt(24.0, gt=0, le=24 * 30)  # from the event's time; then failed for good
+    retry_base_seconds: float = _opt(10.0, gt=0)
+    retry_max_seconds: float = _opt(3600.0, gt=0)  # cross-checked: >= retry_base_seconds
+    concurrency: int = _opt(50, ge=1, le=10000)  # tenants delivered to at once (one POST each)
+    poll_interval_seconds: float = _opt(1.0, gt=0, le=60)  # for events written by other processes
+    lease_seconds: float = _opt(60.0, ge=1)  # a daemon owns a tenant's delivery this long, renewed
+
+
+@dataclass(frozen=True, slots=True)
 class ImapPollerConfig:
     name: str = _opt("", required=True, normalize=_check_name)
     host: str = _opt("", required=True, normalize=_check_host)
@@ -201,6 +233,7 @@ class Config:
     queue: QueueConfig = field(default_factory=QueueConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     imap: ImapConfig = field(default_factory=ImapConfig)
+    webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     # Which file was loaded (None = built-in defaults). Not a TOML section: the loader and
     # to_masked_dict skip fields marked "internal".
     source: Path | None = field(default=None, metadata={"internal": True})
@@ -232,6 +265,24 @@ def is_loopback(host: str) -> bool:
         # ::ffff:127.0.0.1 is loopback too, but Python 3.11 reports False for it.
         return addr.ipv4_mapped.is_loopback
     return addr.is_loopback
+
+
+def email_problem(config: Config) -> tuple[str, str] | None:
+    """(key, reason) when the email settings cannot work together, else None. Checked by ``gateway
+    run`` (like the admin token), not by every load: the keys are fine one by one."""
+    if (config.relay.host or config.smtp.enabled) and not config.smtp.message_id_secret:
+        return (
+            "smtp.message_id_secret",
+            "must be set (16+ random characters) when relay.host is set or smtp.enabled is true",
+        )
+    if config.dkim.ed25519_private_key_file and not config.dkim.ed25519_selector:
+        return "dkim.ed25519_selector", "must be set when dkim.ed25519_private_key_file is"
+    if config.dkim.ed25519_private_key_file and config.dkim.ed25519_selector == config.dkim.selector:
+        return "dkim.ed25519_selector", "must differ from dkim.selector (each key has its own DNS record)"
+    relay = config.relay
+    if relay.username and not (relay.starttls or relay.implicit_tls) and not is_loopback(relay.host):
+        return "relay.username", "AUTH without TLS would send the password in clear: enable relay.starttls"
+    return None
 
 
 def admin_token_problem(config: Config) -> str | None:

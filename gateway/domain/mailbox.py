@@ -7,9 +7,21 @@ import unicodedata
 
 PREFIX_RE = re.compile(r"[a-z0-9-]{3,32}")
 
-#: Role mailboxes that must reach the operator, never a tenant (RFC 2142 §3-5, RFC 5321 §4.5.1).
+#: Role mailboxes that must reach the operator, never a tenant (RFC 2142 §3-5, RFC 5321 §4.5.1),
+#: and ``bounce``: the local part of our VERP return paths (``bounce+TOKEN@``, gateway.domain.email_ids).
 RESERVED_PREFIXES = frozenset(
-    {"postmaster", "abuse", "hostmaster", "webmaster", "security", "noc", "mailer-daemon", "root", "admin"}
+    {
+        "postmaster",
+        "abuse",
+        "hostmaster",
+        "webmaster",
+        "security",
+        "noc",
+        "mailer-daemon",
+        "root",
+        "admin",
+        "bounce",
+    }
 )
 
 
@@ -20,7 +32,7 @@ def prefix_problem(prefix: str) -> str | None:
     if prefix.startswith("-") or prefix.endswith("-"):
         return "must not start or end with '-'"
     if prefix in RESERVED_PREFIXES:
-        return "is reserved for the mail system (RFC 2142)"
+        return "is reserved for the mail system (RFC 2142 role mailboxes, bounce addresses)"
     return None
 
 

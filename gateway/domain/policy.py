@@ -66,3 +66,36 @@ def check_sms(
     if parts > max_parts:
         return Deny("too_many_parts", f"the text needs {parts} parts; at most {max_parts} are allowed")
     return SmsTarget(phone)
+
+
+@dataclass(frozen=True, slots=True)
+class EmailTarget:
+    """The address an email will go to (normalised; ``needs_smtputf8`` for a non-ASCII local part,
+    RFC 6531: only a relay that offers SMTPUTF8 may carry it)."""
+
+    address: str
+    needs_smtputf8: bool = False
+
+
+def choose_email(contact: Contact) -> str | Deny:
+    """The contact's first address (the first one is the main one, like phones)."""
+    if not contact.emails:
+        return Deny("no_email", "the contact has no email address")
+    return contact.emails[0]
+
+
+def check_email(contact: Contact | None, address: EmailTarget | Deny, *, category: str) -> EmailTarget | Deny:
+    """May an email go out? The same order of reasons as :func:`check_sms`.
+
+    ``contact`` is None for a bare ``to.email`` that matches no contact: transactional mail is
+    allowed (the business was given the address), marketing is not (no consent on record).
+    """
+    if contact is not None and contact.blocked:
+        return Deny("contact_blocked", "the contact is blocked")
+    if isinstance(address, Deny):
+        return address
+    if contact is not None and not contact.consent.email:
+        return Deny("email_opt_out", "the contact has opted out of email")
+    if category == "marketing" and (contact is None or not contact.consent.marketing):
+        return Deny("no_marketing_consent", "marketing needs the contact's marketing consent")
+    return address

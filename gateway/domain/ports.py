@@ -62,3 +62,45 @@ class SmsTransport(Protocol):
     """Sends SMS parts to an SMSC (gateway.smpp.pool.ConnectorPool implements it)."""
 
     async def submit(self, part: SubmitPart, *, timeout: float) -> SubmitResult: ...
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingEmail:
+    """One email as the send job hands it to the relay adapter, which composes (MIME), signs (DKIM)
+    and relays it. Values are plain text; the adapter encodes them (RFC 2047). ``ref`` is our message
+    id (logs). Everything here is stored, so a retry builds the same message (same Message-ID, Date)."""
+
+    ref: str
+    envelope_from: str  # the VERP return path (RFC 5321 §4.1.1.2)
+    recipient: str  # RCPT TO and the To address
+    from_address: str
+    from_name: str
+    to_name: str
+    subject: str
+    text: str
+    html: str | None
+    message_id: str  # "<…@mail_domain>"
+    date: datetime
+    in_reply_to: str | None = None
+    references: tuple[str, ...] = ()
+    needs_smtputf8: bool = False  # a non-ASCII local part (RFC 6531)
+
+
+RelayOutcome = Literal["sent", "failed", "retry"]
+
+
+@dataclass(frozen=True, slots=True)
+class RelayResult:
+    """``sent``: the relay answered 250 to the end of DATA. ``failed``: a 5xx (``reply`` holds the
+    relay's code and text); retrying cannot help. ``retry``: a 4xx, a lost or refused connection, a
+    timeout; ``data_sent`` says whether the message may have gone out anyway (no reply to DATA)."""
+
+    outcome: RelayOutcome
+    reply: str | None = None
+    data_sent: bool = False
+
+
+class EmailTransport(Protocol):
+    """Relays composed emails (gateway.smtp.relay.SmtpRelay implements it)."""
+
+    async def send(self, mail: OutgoingEmail) -> RelayResult: ...

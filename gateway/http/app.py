@@ -15,6 +15,7 @@ from gateway.http import (  # noqa: F401 - importing them registers their routes
     routes_messages,
     routes_ops,
     routes_tenants,
+    routes_threads,
 )
 from gateway.http.context import API, CTX, ApiContext
 from gateway.http.errors import ApiError, error_response, from_service_error
@@ -37,7 +38,16 @@ def build_app(ctx: ApiContext, *, max_body_bytes: int = 1 << 20) -> web.Applicat
         "gateway_http_request_seconds", "HTTP request latency", ["route"], registry=ctx.registry
     )
     API.install(app, _authenticate)
+    app.on_shutdown.append(_end_long_polls)
     return app
+
+
+async def _end_long_polls(app: web.Application) -> None:
+    # aiohttp runs on_shutdown after it stopped accepting and before it waits for the requests in
+    # flight: a GET /v1/events?wait=30 answers (empty) now instead of holding the shutdown up.
+    conversations = app[CTX].conversations
+    if conversations is not None:
+        conversations.hub.close()
 
 
 async def _authenticate(request: web.Request, needed: Auth) -> Principal | None:

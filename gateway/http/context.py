@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 from gateway import __version__
 from gateway.http.routing import Api
 from gateway.services.contacts import ContactService
+from gateway.services.conversations import ConversationService
 from gateway.services.outbound import MessageQueries, OutboundService
 from gateway.services.tenants import TenantService
 from gateway.storage.db import Database
@@ -35,6 +36,8 @@ class ApiContext:
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     ready_checks: dict[str, ReadyCheck] = field(default_factory=dict)
     metrics_refreshers: list[MetricsRefresher] = field(default_factory=list)
+    #: Threads, lists, the event feed and webhook state (issue 7); the daemon always sets it.
+    conversations: ConversationService | None = None
 
 
 CTX = web.AppKey("ctx", ApiContext)

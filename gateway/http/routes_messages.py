@@ -8,7 +8,7 @@ from aiohttp import web
 
 from gateway.http.context import API, CTX
 from gateway.http.routing import Auth, Principal
-from gateway.http.schemas import MessageCreate, MessageOut, MessagesAccepted, SmsInfo, SmsPartOut
+from gateway.http.schemas import EmailOut, MessageCreate, MessageOut, MessagesAccepted, SmsInfo, SmsPartOut
 from gateway.services.outbound import SendRequest, request_hash
 
 
@@ -77,6 +77,14 @@ def _message_out(message: dict[str, Any], parts: list[dict[str, Any]]) -> Messag
             for p in parts
         ]
         if message["channel"] == "sms"
+        else None,
+        email=EmailOut(
+            subject=message["subject"],
+            message_id=message["email_message_id"],
+            in_reply_to=message["in_reply_to"],
+            html=message["html"] is not None,
+        )
+        if message["channel"] == "email"
         else None,
         send_at=message["send_at"],
         created_at=message["created_at"],

@@ -7,9 +7,9 @@ unknown fields, so a typo in a field name is an error naming the field rather th
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 
 def _reject_nul(value: Any) -> None:
@@ -24,6 +24,18 @@ def _reject_nul(value: Any) -> None:
         for key, item in value.items():
             _reject_nul(key)
             _reject_nul(item)
+
+
+def _one_line(value: str) -> str:
+    # Values that end up in email header fields (names, subjects, addresses): a CR or LF would end
+    # the field and start a new one (RFC 5322 §2.2), so they are refused, never cleaned up.
+    if "\r" in value or "\n" in value:
+        raise ValueError("must not contain line breaks (CR or LF)")
+    return value
+
+
+#: A string that goes into an email header field.
+OneLine = Annotated[str, AfterValidator(_one_line)]
 
 
 class Strict(BaseModel):
@@ -76,7 +88,7 @@ class SmsKeywordsIn(Strict):
 
 
 class TenantCreate(Strict):
-    name: str = Field(min_length=1, max_length=200)
+    name: OneLine = Field(min_length=1, max_length=200)
     mailbox_prefix: str | None = Field(None, description="[a-z0-9-]{3,32}; default derived from the name")
     trusted_domains: list[str] = Field(default_factory=list, max_length=100)
     sms_sender: SmsSenderIn = Field(default_factory=lambda: SmsSenderIn())
@@ -100,7 +112,7 @@ class AttachmentsPatch(Strict):
 
 
 class TenantPatch(Strict):
-    name: str | None = Field(None, min_length=1, max_length=200)
+    name: OneLine | None = Field(None, min_length=1, max_length=200)
     mailbox_prefix: str | None = Field(None, description="renaming keeps every earlier prefix as an alias")
     trusted_domains: list[str] | None = Field(None, max_length=100)
     sms_sender: SmsSenderPatch | None = None
@@ -162,9 +174,9 @@ class ConsentIn(Strict):
 
 
 class ContactPut(Strict):
-    name: str = Field("", max_length=200)
+    name: OneLine = Field("", max_length=200)
     phones: list[str] = Field(default_factory=list, max_length=10)
-    emails: list[str] = Field(default_factory=list, max_length=10)
+    emails: list[OneLine] = Field(default_factory=list, max_length=10)
     consent: ConsentIn = Field(default_factory=ConsentIn)
     blocked: bool = False
 
@@ -229,7 +241,7 @@ class ReadyOut(Out):
 
 class ToIn(Strict):
     phone: str | None = Field(None, max_length=32)
-    email: str | None = Field(None, max_length=320)
+    email: OneLine | None = Field(None, max_length=320)
 
 
 class ContextIn(Strict):
@@ -242,7 +254,7 @@ class MessageCreate(Strict):
     to: ToIn | None = None
     channels: list[str] = Field(min_length=1, max_length=2, description='"sms" and/or "email"')
     text: str = Field(max_length=10_000)
-    subject: str | None = Field(None, max_length=998)
+    subject: OneLine | None = Field(None, max_length=998, description="email; default: the first line")
     html: str | None = Field(None, max_length=1_000_000)
     context: ContextIn | None = None
     thread_id: str | None = Field(None, max_length=40)
@@ -257,12 +269,20 @@ class SmsInfo(Out):
     sender: str | None = None
 
 
+class EmailInfo(Out):
+    sender: str = Field(description="the tenant's current mailbox address (From)")
+    recipient: str
+    subject: str
+    message_id: str = Field(description="the RFC 5322 Message-ID the email carries")
+
+
 class MessageAcceptedItem(Out):
     id: str
     channel: str
     status: str
     thread_id: str
     sms: SmsInfo | None = None
+    email: EmailInfo | None = None
 
 
 class MessagesAccepted(Out):
@@ -275,6 +295,13 @@ class SmsPartOut(Out):
     connector: str | None
     smsc_message_id: str | None
     status_reason: str | None
+
+
+class EmailOut(Out):
+    subject: str | None
+    message_id: str | None = Field(description="RFC 5322 Message-ID")
+    in_reply_to: str | None = Field(description="the inbound email this one answers")
+    html: bool = Field(description="true when an HTML alternative was given")
 
 
 class MessageOut(Out):
@@ -290,6 +317,7 @@ class MessageOut(Out):
     text: str
     sms: SmsInfo | None = None
     sms_parts: list[SmsPartOut] | None = None
+    email: EmailOut | None = None
     send_at: datetime | None
     created_at: datetime
     updated_at: datetime

@@ -442,7 +442,8 @@ class InboundSmsService:
         await repo.add_event(
             conn,
             tenant_id,
-            "contact.consent_changed",
+            # Issue 7's names: what an application acts on is "may we text them or not".
+            "contact.opted_in" if wanted else "contact.opted_out",
             {
                 "contact_id": contact_id,
                 "channel": "sms",
@@ -490,12 +491,14 @@ class InboundSmsService:
                 conn,
                 tenant_id,
                 "message.dropped",
-                {
+                {  # the drop record as GET /v1/drops lists it
                     "drop_id": drop_id,
                     "channel": "sms",
                     "reason": reason,
                     "sender": sender,
                     "recipient": recipient,
+                    "size_bytes": size,
+                    "detail": detail if parts == 1 else f"{detail}; {parts} parts",
                 },
                 now,
             )

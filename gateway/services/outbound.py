@@ -12,17 +12,27 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from email_validator import EmailNotValidError, validate_email
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.domain import sms_text
+from gateway.domain.email_ids import make_message_id
 from gateway.domain.model import Channel, Contact, Phone, SenderMode
-from gateway.domain.policy import Deny, SmsTarget, check_sms, choose_sms_phone
+from gateway.domain.policy import (
+    Deny,
+    EmailTarget,
+    SmsTarget,
+    check_email,
+    check_sms,
+    choose_email,
+    choose_sms_phone,
+)
 from gateway.domain.senders import allocate
 from gateway.domain.udh import ReferenceCounter
 from gateway.services.errors import ChannelsRefusedError, ConflictError, InvalidInputError, NotFoundError
@@ -35,6 +45,9 @@ from gateway.storage import (
     contacts as contacts_repo,
 )
 from gateway.storage import (
+    email as email_repo,
+)
+from gateway.storage import (
     messages as repo,
 )
 from gateway.storage import (
@@ -45,6 +58,7 @@ from gateway.storage.db import Database
 log = logging.getLogger(__name__)
 
 SMS_JOB = "sms.submit"
+EMAIL_JOB = "email.send"
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +89,19 @@ class SmsSettings:
     pool: tuple[str, ...] | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class EmailSettings:
+    """Outbound email: mail goes out as ``PREFIX@mail_domain``; ``message_id_key`` signs the
+    Message-IDs (gateway.domain.email_ids). ``deliverability`` (optional, ``[smtp]
+    check_deliverability``) looks an address's domain up in DNS: None when it can receive mail,
+    else the reason; it runs before the transaction, never inside it."""
+
+    mail_domain: str
+    message_id_key: bytes
+    max_attempts: int
+    deliverability: Callable[[str], Awaitable[str | None]] | None = None
+
+
 class OutboundService:
     def __init__(
         self,
@@ -84,10 +111,12 @@ class OutboundService:
         *,
         references: ReferenceCounter | None = None,
         on_enqueued: Callable[[], None] | None = None,
+        email: EmailSettings | None = None,
     ) -> None:
         self.db = db
         self.clock = clock
         self.settings = settings
+        self.email = email
         self.references = references or ReferenceCounter()
         self.on_enqueued = on_enqueued or (lambda: None)
         self.no_sender_available = 0  # counted for /metrics
@@ -103,6 +132,7 @@ class OutboundService:
         )
         encoding = sms_text.choose_encoding(req.text)
         parts = sms_text.preview(req.text).parts
+        undeliverable = await self._deliverability(tenant_id, req)
 
         async def unit(conn: AsyncConnection) -> tuple[int, dict[str, Any]]:
             if req.idempotency_key:
@@ -137,11 +167,15 @@ class OutboundService:
                     refusals["sms"] = decided
                 else:
                     sms_target = decided
+            email_target: EmailTarget | None = None
+            email_contact: tuple[Contact | None, int | None] = (contact, contact_pk)
             if Channel.EMAIL in req.channels:
-                # Outbound email arrives with its own issue; until then refuse it explicitly.
-                refusals["email"] = Deny(
-                    "channel_not_available", "email sending is not enabled on this gateway"
-                )
+                email_contact = await self._email_contact(conn, tenant_id, req, contact, contact_pk)
+                decided_email = self._check_email(email_contact[0], req, undeliverable)
+                if isinstance(decided_email, Deny):
+                    refusals["email"] = decided_email
+                else:
+                    email_target = decided_email
             if refusals:
                 raise ChannelsRefusedError({c: (d.reason, d.detail) for c, d in refusals.items()})
 
@@ -152,6 +186,12 @@ class OutboundService:
                 out.append(
                     await self._persist_sms(
                         conn, tenant, contact_pk, sms_target, req, thread_id, status, encoding, parts, now
+                    )
+                )
+            if email_target is not None:
+                out.append(
+                    await self._persist_email(
+                        conn, tenant_id, email_contact, email_target, req, thread_id, status, now
                     )
                 )
             if not thread_created:
@@ -193,22 +233,184 @@ class OutboundService:
             if for_sms is None:
                 raise NotFoundError("contact", req.contact_id)
             return for_sms
-        pk = await contacts_repo.contact_pk(conn, tenant_id, req.contact_id)
-        if pk is None:
+        for_email = await email_repo.load_contact(conn, tenant_id, req.contact_id)
+        if for_email is None:
             raise NotFoundError("contact", req.contact_id)
-        (contact,) = await contacts_repo.load_contacts(conn, tenant_id, [pk])
-        return contact, pk
+        return for_email
 
     async def _thread(
         self, conn: AsyncConnection, tenant_id: str, contact_pk: int | None, req: SendRequest, now: datetime
     ) -> tuple[str, bool]:
+        # Issue 7: thread_id names a thread outright, but only one of this tenant's (else 404, as for
+        # any other tenant's id) and this contact's (else 422: a conversation is with one customer).
         if req.thread_id is not None:
-            if not await repo.thread_exists(conn, tenant_id, req.thread_id):
+            owner = await repo.thread_owner(conn, tenant_id, req.thread_id)
+            if owner is None:
                 raise NotFoundError("thread", req.thread_id)
+            if owner.contact_pk != contact_pk:
+                raise InvalidInputError("thread_id", "is a thread with another contact")
+            if req.context is not None and owner.context != req.context:
+                raise InvalidInputError("context", "differs from the context of the thread thread_id names")
             return req.thread_id, False
+        addresses: tuple[str, ...] = ()
+        if contact_pk is None:
+            # Nobody's contact: the address stands in for the contact when choosing the thread.
+            phone = parse_phone(req.to_phone, self.settings.default_region).e164 if req.to_phone else None
+            addresses = tuple(a for a in (phone, (req.to_email or "").strip().lower()) if a)
         return await repo.find_or_create_thread(
-            conn, tenant_id=tenant_id, contact_pk=contact_pk, context=req.context, now=now
+            conn,
+            tenant_id=tenant_id,
+            contact_pk=contact_pk,
+            context=req.context,
+            now=now,
+            addresses=addresses,
         )
+
+    # --- email ----------------------------------------------------------------------------------
+
+    async def _deliverability(self, tenant_id: str, req: SendRequest) -> str | None:
+        """The optional DNS check of the recipient's domain, done before the unit of work (no I/O
+        inside one). None: fine, not configured, or nothing to check."""
+        if self.email is None or self.email.deliverability is None or Channel.EMAIL not in req.channels:
+            return None
+        address = req.to_email
+        if address is None and req.contact_id is not None:
+            contact_id = req.contact_id
+
+            async def first_email(conn: AsyncConnection) -> str | None:
+                found = await email_repo.load_contact(conn, tenant_id, contact_id)
+                return found[0].emails[0] if found and found[0].emails else None
+
+            address = await self.db.read(first_email)
+        if not address:
+            return None
+        return await self.email.deliverability(address)
+
+    async def _email_contact(
+        self,
+        conn: AsyncConnection,
+        tenant_id: str,
+        req: SendRequest,
+        contact: Contact | None,
+        contact_pk: int | None,
+    ) -> tuple[Contact | None, int | None]:
+        """Whose consent and block flags the email obeys: the contact, or for a bare ``to.email``
+        the tenant's first contact with that address (like a bare ``to.phone``)."""
+        if req.contact_id is not None or not req.to_email:
+            return contact, contact_pk
+        target = email_target(req.to_email)
+        if isinstance(target, Deny):
+            return None, None
+        pks = await contacts_repo.pks_by_email(conn, tenant_id, target.address)
+        if not pks:
+            return None, None
+        found = await contacts_repo.load_contacts(conn, tenant_id, pks[:1])
+        return found[0], pks[0]
+
+    def _check_email(
+        self, contact: Contact | None, req: SendRequest, undeliverable: str | None
+    ) -> EmailTarget | Deny:
+        if self.email is None:
+            return Deny("channel_not_available", "email is not configured on this gateway")
+        address: EmailTarget | Deny
+        if req.to_email:
+            address = email_target(req.to_email)
+        elif contact is not None:
+            chosen = choose_email(contact)
+            address = chosen if isinstance(chosen, Deny) else email_target(chosen)
+        else:
+            address = Deny("no_email", "no email address given")
+        if undeliverable and not isinstance(address, Deny):
+            address = Deny("invalid_email", f"{address.address}: {undeliverable}")
+        return check_email(contact, address, category=req.category)
+
+    async def _persist_email(
+        self,
+        conn: AsyncConnection,
+        tenant_id: str,
+        recipient: tuple[Contact | None, int | None],
+        target: EmailTarget,
+        req: SendRequest,
+        thread_id: str,
+        status: str,
+        now: datetime,
+    ) -> dict[str, Any]:
+        assert self.email is not None
+        identity = await email_repo.from_identity(conn, tenant_id)
+        if identity is None or identity[1] is None:
+            raise ChannelsRefusedError({"email": ("no_mailbox", "the tenant has no mailbox prefix")})
+        sender = f"{identity[1]}@{self.email.mail_domain}"
+        # Answer the thread's newest inbound email, so the customer's mail client threads ours
+        # under it (RFC 5322 §3.6.4); References are completed from the thread when it is sent.
+        answered = await email_repo.latest_inbound(conn, thread_id)
+        subject = req.subject
+        if subject is None:
+            subject = reply_subject(answered[1]) if answered and answered[1] else default_subject(req.text)
+        message_id = repo.new_id("msg")
+        header_id = make_message_id(
+            self.email.message_id_key,
+            self.email.mail_domain,
+            tenant_id=tenant_id,
+            thread_id=thread_id,
+            message_id=message_id,
+        )
+        await repo.insert_message(
+            conn,
+            {
+                "id": message_id,
+                "tenant_id": tenant_id,
+                "thread_id": thread_id,
+                "contact_pk": recipient[1],
+                "direction": "outbound",
+                "channel": "email",
+                "status": status,
+                "category": req.category,
+                "sender": sender,
+                "recipient": target.address,
+                "text": req.text,
+                "sms_encoding": None,
+                "sms_parts": None,
+                "send_at": req.send_at,
+                "html": req.html,
+                "subject": subject,
+                "status_reason": None,
+                "email_message_id": header_id,
+                "in_reply_to": answered[0] if answered else None,
+                "size_bytes": None,
+                "note": None,
+                "created_at": now,
+                "updated_at": now,
+            },
+        )
+        await jobs.enqueue(
+            conn,
+            EMAIL_JOB,
+            {"message_id": message_id},
+            now=now,
+            run_at=req.send_at,
+            message_id=message_id,
+            tenant_id=tenant_id,
+            max_attempts=self.email.max_attempts,
+        )
+        await repo.add_event(
+            conn,
+            tenant_id,
+            "message.status",
+            {"message_id": message_id, "channel": "email", "status": status, "thread_id": thread_id},
+            now,
+        )
+        return {
+            "id": message_id,
+            "channel": "email",
+            "status": status,
+            "thread_id": thread_id,
+            "email": {
+                "sender": sender,
+                "recipient": target.address,
+                "subject": subject,
+                "message_id": header_id,
+            },
+        }
 
     async def _persist_sms(
         self,
@@ -328,6 +530,38 @@ def request_hash(body: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+def email_target(raw: str) -> EmailTarget | Deny:
+    """Syntax check (email-validator, no DNS) and the form the address travels in: the ASCII form
+    when there is one (an IDN domain as A-labels, RFC 5890), else UTF-8 with SMTPUTF8 (RFC 6531)."""
+    try:
+        checked = validate_email(raw.strip(), check_deliverability=False)
+    except EmailNotValidError as exc:
+        return Deny("invalid_email", f"{raw!r} is not a valid email address: {exc}")
+    if checked.ascii_email:
+        return EmailTarget(checked.ascii_email.lower())
+    return EmailTarget(checked.normalized.lower(), needs_smtputf8=True)
+
+
+def default_subject(text: str, limit: int = 78) -> str:
+    """A message without a subject gets its first line (cut at a word, at most ``limit``)."""
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    if len(first) <= limit:
+        return first
+    cut = first[: limit - 1].rsplit(" ", 1)[0] or first[: limit - 1]
+    return cut.rstrip(" ,.;:") + "…"
+
+
+def reply_subject(subject: str) -> str:
+    """``Re: `` once (RFC 5322 §3.6.5), however many the answered subject already had."""
+    return subject if subject[:3].lower() == "re:" else f"Re: {subject}"
+
+
+def _no_line_breaks(value: str | None, field: str) -> None:
+    # RFC 5322 §2.2: a header field is one line; CR or LF in a value would start another one.
+    if value is not None and ("\r" in value or "\n" in value):
+        raise InvalidInputError(field, "must not contain line breaks (CR or LF)")
+
+
 def _check_shape(req: SendRequest) -> None:
     if not req.channels:
         raise InvalidInputError("channels", "name at least one channel")
@@ -344,6 +578,8 @@ def _check_shape(req: SendRequest) -> None:
         raise InvalidInputError("text", "must not be empty")
     if req.category not in ("transactional", "marketing"):
         raise InvalidInputError("category", "must be 'transactional' or 'marketing'")
+    _no_line_breaks(req.subject, "subject")
+    _no_line_breaks(req.to_email, "to.email")
 
 
 def _replay(stored: dict[str, Any], request_hash: str) -> tuple[int, dict[str, Any]]:
@@ -402,7 +638,12 @@ class MessageQueries:
                 conn,
                 tenant_id,
                 "message.status",
-                {"message_id": message_id, "channel": message["channel"], "status": "cancelled"},
+                {
+                    "message_id": message_id,
+                    "channel": message["channel"],
+                    "status": "cancelled",
+                    "thread_id": message["thread_id"],
+                },
                 now,
             )
             updated = await repo.get_message(conn, message_id, tenant_id)

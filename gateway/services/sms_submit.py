@@ -31,9 +31,10 @@ from gateway.domain.ports import SmsTransport, SubmitPart, SubmitResult
 from gateway.domain.sms_text import Encoding
 from gateway.domain.udh import concat_parts
 from gateway.services.delivery import IdKey, RetryLaterError, apply_parked_for, settle
-from gateway.storage.db import Database, insert, lock_names
+from gateway.storage.db import Database, lock_names
 from gateway.storage.jobs import Job
-from gateway.storage.tables import events, messages, sms_parts
+from gateway.storage.messages import add_event_rows
+from gateway.storage.tables import messages, sms_parts
 
 log = logging.getLogger(__name__)
 
@@ -146,9 +147,8 @@ class SmsSubmitter:
         ) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
             changed = (await conn.execute(_MARK_SENDING, {"ids": ids, "now": now})).all()
             if changed:
-                await insert(
+                await add_event_rows(
                     conn,
-                    events,
                     [
                         _event(tenant_id, message_id, thread_id, "sending", now)
                         for message_id, tenant_id, thread_id in changed
@@ -240,9 +240,8 @@ class SmsSubmitter:
                     sent.append(message_id)
             if sent:
                 await conn.execute(_MARK_SENT, {"ids": sent, "now": now})
-                await insert(
+                await add_event_rows(
                     conn,
-                    events,
                     [
                         _event(m["tenant_id"], m["id"], m["thread_id"], "sent", now)
                         for m in rows

@@ -19,7 +19,9 @@ from gateway.domain.mo import KeywordProblem, check_keywords
 from gateway.domain.model import SenderMode, Tenant
 from gateway.services.errors import ConflictError, InvalidInputError, NotFoundError
 from gateway.services.normalize import normalize_domain
+from gateway.services.webhooks import check_webhook_url
 from gateway.storage import tenants as repo
+from gateway.storage import webhooks as webhooks_repo
 from gateway.storage.db import Database
 
 T = TypeVar("T")
@@ -73,11 +75,17 @@ class TenantService:
         *,
         mail_domain: str,
         default_quota_bytes: int,
+        webhook_url_check: Callable[[str], Awaitable[str | None]] | None = None,
     ) -> None:
         self.db = db
         self.clock = clock
         self.mail_domain = mail_domain
         self.default_quota_bytes = default_quota_bytes
+        #: Why a webhook URL is refused, or None (SSRF: resolves it, refuses private addresses).
+        #: Default: the URL's form and IP literals only (no DNS).
+        self.webhook_url_check = webhook_url_check or (
+            lambda url: check_webhook_url(url, resolver=None, allow_private=False)
+        )
         self._key_cache: dict[str, tuple[str, float]] = {}
 
     def mailbox_address(self, prefix: str) -> str:
@@ -103,6 +111,7 @@ class TenantService:
         explicit_prefix = settings.mailbox_prefix
         if explicit_prefix is not None and (problem := prefix_problem(explicit_prefix)):
             raise InvalidInputError("mailbox_prefix", problem)
+        await self._check_webhook(settings.webhook_url)
         tenant_id = new_id("ten")
         api_key = API_KEY_PREFIX + secrets.token_urlsafe(32)
         webhook_secret = secrets.token_urlsafe(32)
@@ -134,6 +143,8 @@ class TenantService:
             await repo.add_prefix(conn, tenant_id, prefix, now)
             await repo.replace_trusted_domains(conn, tenant_id, domains)
             await repo.insert_api_key(conn, tenant_id, hash_api_key(api_key), api_key[:8], now)
+            if settings.webhook_url:
+                await webhooks_repo.ensure_cursor(conn, tenant_id, now)
             if sms_credits:
                 await repo.change_credits(conn, tenant_id, sms_credits, "top_up", now)
             tenant = await repo.load_tenant(conn, tenant_id)
@@ -171,6 +182,7 @@ class TenantService:
                 raise InvalidInputError("attachments.quota_bytes", "must be a number >= 0")
             values["attachments_quota_bytes"] = changes.attachments_quota_bytes
         if "webhook_url" in fields_set:
+            await self._check_webhook(changes.webhook_url)
             values["webhook_url"] = changes.webhook_url
         if "business_hours" in fields_set:
             values["business_hours"] = changes.business_hours
@@ -197,6 +209,11 @@ class TenantService:
                 await repo.make_prefix_current(conn, tenant_id, new_prefix, now)
             if domains is not None:
                 await repo.replace_trusted_domains(conn, tenant_id, domains)
+            if "webhook_url" in values:
+                if values["webhook_url"]:
+                    await webhooks_repo.ensure_cursor(conn, tenant_id, now)
+                else:
+                    await webhooks_repo.drop_cursor(conn, tenant_id)
             await repo.update_tenant(conn, tenant_id, {**values, "updated_at": now})
             tenant = await repo.load_tenant(conn, tenant_id)
             assert tenant is not None
@@ -237,6 +254,10 @@ class TenantService:
                 self._key_cache.clear()
             self._key_cache[key_hash] = (tenant_id, now + KEY_CACHE_SECONDS)
         return tenant_id
+
+    async def _check_webhook(self, url: str | None) -> None:
+        if url is not None and (problem := await self.webhook_url_check(url)):
+            raise InvalidInputError("webhook_url", problem)
 
     async def _write(self, unit: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         try:

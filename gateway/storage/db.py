@@ -234,6 +234,8 @@ class Database:
     batches: int = 0  # transactions committed by the group writer (for /metrics and benchmarks)
     _sync_engine: Engine | None = None
     _sync_conn: Connection | None = None
+    #: Told, after each commit, the topics its units named with :func:`notify_after_commit`.
+    on_commit: Callable[[set[str]], None] | None = None
 
     @classmethod
     async def open(
@@ -266,7 +268,12 @@ class Database:
             raise RuntimeError("database is closing")
         if not self.group_commit:
             async with self.engine.begin() as conn:
-                return await unit(conn)
+                try:
+                    result = await unit(conn)
+                finally:
+                    topics = _take_topics(conn.sync_connection)
+            self._announce(topics)  # committed (a failed COMMIT raised above)
+            return result
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         await self._queue.put(_Pending(unit, fut))
         return await fut
@@ -275,6 +282,13 @@ class Database:
         """Run a read-only ``unit`` on a pooled connection (its transaction is rolled back)."""
         async with self.engine.connect() as conn:
             return await unit(conn)
+
+    def _announce(self, topics: set[str]) -> None:
+        if topics and self.on_commit is not None:
+            try:
+                self.on_commit(topics)
+            except Exception:  # a listener's bug must not turn a committed write into an error
+                log.exception("on_commit listener failed")
 
     async def ping(self) -> None:
         async with self.engine.connect() as conn:
@@ -307,6 +321,7 @@ class Database:
 
     async def _run_batch_on_loop(self, batch: list[_Pending], sync_conn: Connection) -> None:
         outcomes: list[tuple[_Pending, bool, Any]] = []
+        topics: set[str] = set()  # what the committed units changed (notify_after_commit)
         facade = LoopConnection(sync_conn)
         trans = await asyncio.to_thread(sync_conn.begin)  # BEGIN IMMEDIATE: may wait for the lock
         try:
@@ -325,11 +340,13 @@ class Database:
                 except BaseException as exc:  # handed to the unit's caller (KeyboardInterrupt re-raised)
                     raw.execute("ROLLBACK TO gc_unit")
                     raw.execute("RELEASE gc_unit")
+                    _take_topics(sync_conn)  # rolled back: nothing to announce
                     outcomes.append((p, False, exc))
                     if not isinstance(exc, Exception):
                         raise
                 else:
                     raw.execute("RELEASE gc_unit")
+                    topics |= _take_topics(sync_conn)
                     outcomes.append((p, True, result))
             await asyncio.to_thread(trans.commit)  # COMMIT and its fsync, off the loop
         except BaseException:
@@ -337,6 +354,7 @@ class Database:
                 await asyncio.to_thread(trans.rollback)
             raise
         self.batches += 1
+        self._announce(topics)
         # Only now, after COMMIT, do the callers learn their outcome.
         for p, ok, value in outcomes:
             if p.future.done():
@@ -360,6 +378,27 @@ class Database:
         if self._sync_engine is not None:
             self._sync_engine.dispose()
         await self.engine.dispose()
+
+
+_TOPICS_KEY = "gateway_commit_topics"
+
+
+def notify_after_commit(conn: AsyncConnection, topic: str) -> None:
+    """Have :attr:`Database.on_commit` told ``topic`` once this unit of work has committed (and
+    never if it rolls back): e.g. ``events:<tenant>``, so long-polls and the webhook sender wake at
+    once instead of at their next poll. A hint only: listeners must still poll for changes made by
+    other processes."""
+    sync = conn.sync_connection
+    assert sync is not None
+    sync.info.setdefault(_TOPICS_KEY, set()).add(topic)
+
+
+def _take_topics(sync: Connection | None) -> set[str]:
+    # Connection.info lives with the pooled DBAPI connection, so it is emptied after every unit.
+    if sync is None:
+        return set()
+    topics: set[str] = sync.info.pop(_TOPICS_KEY, set())
+    return topics
 
 
 async def lock_name(conn: AsyncConnection, name: str) -> None:

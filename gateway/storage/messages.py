@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway.storage.db import insert
+from gateway.storage.db import insert, lock_name, notify_after_commit
 from gateway.storage.tables import events, idempotency_keys, messages, sms_parts, threads
 
 
@@ -47,23 +48,78 @@ async def find_or_create_thread(
     contact_pk: int | None,
     context: tuple[str, str] | None,
     now: datetime,
+    addresses: Sequence[str] = (),
 ) -> tuple[str, bool]:
-    """The thread a new outbound message joins: the context's thread, else the contact's ongoing
-    conversation (its newest thread without a context); created when there is none."""
-    if context is not None:
-        found = (
-            await conn.execute(
-                _THREAD_BY_CONTEXT, {"t_id": tenant_id, "c_type": context[0], "c_id": context[1]}
-            )
-        ).scalar_one_or_none()
-        if found:
-            return str(found), False
-    elif contact_pk is not None:
-        found = (
-            await conn.execute(_THREAD_OF_CONTACT, {"t_id": tenant_id, "pk": contact_pk})
-        ).scalar_one_or_none()
-        if found:
-            return str(found), False
+    """The thread a new message joins (issue 7): with a context, the contact's thread for that
+    context; without, the contact's ongoing conversation (its newest thread without a context).
+    Created when there is none. A message to a bare number or address that is nobody's contact
+    follows the same rules with ``addresses`` standing in for the contact (threads without a contact
+    that already hold a message to or from one of them); with neither, a new thread.
+
+    Two requests for the same new context at once must not open two threads: the look-up is
+    repeated under a lock named after what is looked for (PostgreSQL; SQLite writers are serial).
+    The lock is only taken on the way to creating one, so the common case costs one query.
+    """
+    addresses = tuple(a for a in addresses if a)
+    if contact_pk is None and not addresses:
+        return await _create_thread(conn, tenant_id, None, context, now), True
+    found = await _find_thread(conn, tenant_id, contact_pk, context, addresses)
+    if found is not None:
+        return found, False
+    who = f"contact:{contact_pk}" if contact_pk is not None else "addr:" + ",".join(sorted(addresses))
+    await lock_name(conn, f"thread:{tenant_id}:{who}:{context!r}")
+    found = await _find_thread(conn, tenant_id, contact_pk, context, addresses)
+    if found is not None:
+        return found, False
+    return await _create_thread(conn, tenant_id, contact_pk, context, now), True
+
+
+async def _find_thread(
+    conn: AsyncConnection,
+    tenant_id: str,
+    contact_pk: int | None,
+    context: tuple[str, str] | None,
+    addresses: tuple[str, ...],
+) -> str | None:
+    if contact_pk is not None:
+        if context is not None:
+            params = {"t_id": tenant_id, "pk": contact_pk, "c_type": context[0], "c_id": context[1]}
+            found = (await conn.execute(_THREAD_BY_CONTEXT, params)).scalar_one_or_none()
+        else:
+            found = (
+                await conn.execute(_THREAD_OF_CONTACT, {"t_id": tenant_id, "pk": contact_pk})
+            ).scalar_one_or_none()
+        return str(found) if found is not None else None
+    ctx = (
+        sa.and_(threads.c.context_type == context[0], threads.c.context_id == context[1])
+        if context is not None
+        else threads.c.context_type.is_(None)
+    )
+    q = (
+        sa.select(threads.c.id)
+        .where(
+            threads.c.tenant_id == tenant_id,
+            threads.c.contact_pk.is_(None),
+            ctx,
+            sa.exists().where(
+                messages.c.thread_id == threads.c.id,
+                sa.or_(messages.c.recipient.in_(addresses), messages.c.sender.in_(addresses)),
+            ),
+        )
+        .order_by(threads.c.last_message_at.desc(), threads.c.id.desc())
+        .limit(1)
+    )
+    found = (await conn.execute(q)).scalar_one_or_none()
+    return str(found) if found is not None else None
+
+
+async def _create_thread(
+    conn: AsyncConnection,
+    tenant_id: str,
+    contact_pk: int | None,
+    context: tuple[str, str] | None,
+    now: datetime,
+) -> str:
     thread_id = new_id("thr")
     await insert(
         conn,
@@ -79,11 +135,35 @@ async def find_or_create_thread(
             "last_message_at": now,
         },
     )
-    return thread_id, True
+    return thread_id
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadOwner:
+    """Whose a thread is: enough to check a ``thread_id`` a request names."""
+
+    contact_pk: int | None
+    context: tuple[str, str] | None
+
+
+async def thread_owner(conn: AsyncConnection, tenant_id: str, thread_id: str) -> ThreadOwner | None:
+    """None when the thread does not exist or is another tenant's (the caller cannot tell which)."""
+    row = (
+        await conn.execute(
+            sa.select(threads.c.contact_pk, threads.c.context_type, threads.c.context_id).where(
+                threads.c.id == thread_id, threads.c.tenant_id == tenant_id
+            )
+        )
+    ).first()
+    if row is None:
+        return None
+    context = (str(row[1]), str(row[2])) if row[1] is not None and row[2] is not None else None
+    return ThreadOwner(row[0], context)
 
 
 _THREAD_BY_CONTEXT = sa.select(threads.c.id).where(
     threads.c.tenant_id == sa.bindparam("t_id"),
+    threads.c.contact_pk == sa.bindparam("pk"),
     threads.c.context_type == sa.bindparam("c_type"),
     threads.c.context_id == sa.bindparam("c_id"),
 )
@@ -94,7 +174,7 @@ _THREAD_OF_CONTACT = (
         threads.c.contact_pk == sa.bindparam("pk"),
         threads.c.context_type.is_(None),
     )
-    .order_by(threads.c.last_message_at.desc())
+    .order_by(threads.c.last_message_at.desc(), threads.c.id.desc())
     .limit(1)
 )
 
@@ -194,6 +274,20 @@ async def add_event(
 ) -> None:
     """Written in the same transaction as the change it reports (ARCHITECTURE rule 3)."""
     await insert(conn, events, {"tenant_id": tenant_id, "type": type_, "payload": payload, "created_at": now})
+    notify_after_commit(conn, event_topic(tenant_id))
+
+
+async def add_event_rows(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    """Several events at once (rows as for the events table), e.g. one per message of a batch."""
+    if rows:
+        await insert(conn, events, rows)
+        for tenant_id in {r["tenant_id"] for r in rows}:
+            notify_after_commit(conn, event_topic(tenant_id))
+
+
+def event_topic(tenant_id: str) -> str:
+    """What :func:`gateway.storage.db.notify_after_commit` announces for a tenant's new events."""
+    return f"events:{tenant_id}"
 
 
 # --- idempotency -------------------------------------------------------------------------------

@@ -176,9 +176,16 @@ threads = sa.Table(
     sa.Column("token", sa.String(32), nullable=False, unique=True),  # for PREFIX+token@domain
     _ts("created_at"),
     _ts("last_message_at"),
-    # NULLs are distinct on both engines, so only threads with a context are unique per context.
-    sa.UniqueConstraint("tenant_id", "context_type", "context_id"),
-    sa.Index("ix_threads_tenant_contact", "tenant_id", "contact_pk"),
+    # One open thread per contact and context (issue 7): two customers asked about the same repair
+    # have two conversations. NULLs are distinct on both engines, so the constraint binds only
+    # threads with a contact and a context; the rest is serialised by gateway.storage.messages.
+    sa.UniqueConstraint("tenant_id", "contact_pk", "context_type", "context_id"),
+    # A contact's threads by activity: its ongoing conversation (every send without a context) and
+    # its client card. The whole ORDER BY is in the index, so the planner never prefers walking the
+    # tenant's threads by time instead (which made every send cost O(threads) on SQLite).
+    sa.Index("ix_threads_tenant_contact_last", "tenant_id", "contact_pk", "last_message_at", "id"),
+    # GET /v1/threads: newest activity first, keyset-paginated on (last_message_at, id).
+    sa.Index("ix_threads_tenant_last_message", "tenant_id", "last_message_at", "id"),
 )
 
 messages = sa.Table(
@@ -285,6 +292,8 @@ drops = sa.Table(
     sa.Column("recipient", sa.String(320)),
     sa.Column("size_bytes", sa.Integer),
     sa.Column("detail", sa.Text),
+    sa.Column("email_message_id", sa.String(998)),  # email drops: the Message-ID and subject (issue 7)
+    sa.Column("subject", sa.String(998)),
     _ts("created_at"),
     sa.Index("ix_drops_tenant_created", "tenant_id", "created_at"),
 )
@@ -298,7 +307,51 @@ events = sa.Table(
     sa.Column("type", sa.String(40), nullable=False),
     sa.Column("payload", JSONType, nullable=False),
     _ts("created_at"),
-    sa.Index("ix_events_tenant_id", "tenant_id", "id"),
+    # The writing transaction's id (PostgreSQL; 0 on SQLite), filled by a per-dialect server default
+    # (migration 0005). Event ids come from a sequence at INSERT time but transactions commit in any
+    # order, so id order is not an order a reader can follow without skipping an event that commits
+    # late. The feed's position is (xid, id), and readers only take events whose transaction is
+    # older than every transaction still running (gateway/storage/events.py).
+    sa.Column("xid", sa.BigInteger, nullable=False),
+    sa.Index("ix_events_tenant_position", "tenant_id", "xid", "id"),
+)
+
+# Webhook delivery, one row per tenant with a webhook_url: everything up to last_event_id has been
+# POSTed (or given up); the next event is retried per attempts/next_attempt_at. A daemon delivers
+# a tenant's events only while it holds the lease, so events go out in order even with several
+# daemons on one database.
+webhook_cursors = sa.Table(
+    "webhook_cursors",
+    metadata,
+    sa.Column("tenant_id", sa.ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True),
+    # Position (xid, id) of the last event delivered or given up (see events.xid).
+    sa.Column("last_xid", sa.BigInteger, nullable=False),
+    sa.Column("last_event_id", sa.BigInteger, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),  # failed tries of the next event
+    _ts("next_attempt_at", nullable=True),
+    _ts("failing_since", nullable=True),
+    sa.Column("last_error", sa.String(500)),
+    sa.Column("lease_owner", sa.String(100)),
+    _ts("lease_until", nullable=True),
+    _ts("last_delivered_at", nullable=True),
+    _ts("created_at"),
+    _ts("updated_at"),
+)
+
+# Events given up after the retry window (GET /v1/webhooks/failed; gateway_webhook_failed_events).
+webhook_failures = sa.Table(
+    "webhook_failures",
+    metadata,
+    sa.Column("id", BigIntPK, primary_key=True, autoincrement=True),
+    sa.Column("tenant_id", sa.ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("event_id", sa.BigInteger, nullable=False),
+    sa.Column("event_type", sa.String(40), nullable=False),
+    sa.Column("url", sa.String(2000), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("last_error", sa.String(500)),
+    _ts("first_failed_at"),
+    _ts("failed_at"),
+    sa.Index("ix_webhook_failures_tenant_failed", "tenant_id", "failed_at"),
 )
 
 # Pool numbers known to the gateway (synchronised from [sms] pool at start).

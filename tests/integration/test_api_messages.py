@@ -70,7 +70,8 @@ async def test_every_refusal_reason_is_a_422_and_writes_nothing(api: Any, tenant
         ({"contact_id": "blocked"}, "sms", "contact_blocked"),
         ({"contact_id": "jan", "category": "marketing"}, "sms", "no_marketing_consent"),
         ({"contact_id": "jan", "text": "x" * 1531}, "sms", "too_many_parts"),
-        ({"contact_id": "jan", "channels": ["sms", "email"]}, "email", "channel_not_available"),
+        # Email would pass; the SMS cannot go, so neither goes (every channel is checked first).
+        ({"contact_id": "nophone", "channels": ["sms", "email"]}, "sms", "no_phone"),
         ({"to": {"phone": "+48500100202"}}, "sms", "contact_blocked"),  # a bare number of a contact
     ]
     for body, channel, reason in cases:

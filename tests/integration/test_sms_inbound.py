@@ -353,7 +353,7 @@ async def test_stop_opts_out_and_start_opts_back_in(
         assert reply["text"] == "  stop " and reply["thread_id"] == out["thread_id"]  # still stored
         _, contact = await gw.call("GET", "/v1/contacts/jan", _h(auth))
         assert contact["consent"]["sms"] is False
-        [changed] = await gw.events(auth, "contact.consent_changed")
+        [changed] = await gw.events(auth, "contact.opted_out")
         assert changed["contact_id"] == "jan" and changed["consent"] is False
         assert changed["message_id"] == reply["id"] and changed["channel"] == "sms"
         status, refused = await gw.call(
@@ -363,10 +363,12 @@ async def test_stop_opts_out_and_start_opts_back_in(
         assert refused["error"]["details"]["channels"]["sms"]["reason"] == "sms_opt_out"
 
         await gw.mo(lambda: sim.mo_text(_digits(JAN), pool, "STOP"))  # again: no second event
-        assert len(await gw.events(auth, "contact.consent_changed")) == 1
+        assert len(await gw.events(auth, "contact.opted_out")) == 1
         await gw.mo(lambda: sim.mo_text(_digits(JAN), pool, "Start"))
         _, contact = await gw.call("GET", "/v1/contacts/jan", _h(auth))
         assert contact["consent"]["sms"] is True
+        [opted_in] = await gw.events(auth, "contact.opted_in")
+        assert opted_in["contact_id"] == "jan" and opted_in["consent"] is True
         await gw.send(auth, "jan", "Dziękujemy, znów wysyłamy")
 
         # The tenant's own words (Polish here): "koniec" opts out, "STOP" is now an ordinary reply.
@@ -408,7 +410,7 @@ async def test_blocked_contact_and_shared_number(
         await gw.mo(lambda: sim.mo_text(_digits(JAN), pool, "STOP"))
         _, contact = await gw.call("GET", "/v1/contacts/jan", _h(auth))
         assert contact["consent"]["sms"] is False and len(await gw.inbound()) == 1
-        [changed] = await gw.events(auth, "contact.consent_changed")
+        [changed] = await gw.events(auth, "contact.opted_out")
         assert changed["message_id"] is None and changed["contact_id"] == "jan"
 
 

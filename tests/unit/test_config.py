@@ -207,6 +207,8 @@ def test_error_str() -> None:
         ('[daemon]\nlog_format = "xml"\n', "daemon.log_format", "must be one of"),
         ("[queue]\nretry_base_seconds = 10.0\nretry_max_seconds = 5.0\n", "queue.retry_max_seconds", ">="),
         ("[queue]\npoll_interval_seconds = 0\n", "queue.poll_interval_seconds", "> 0"),
+        ("[webhooks]\nretry_base_seconds = 60\nretry_max_seconds = 5\n", "webhooks.retry_max_seconds", ">="),
+        ('[webhooks]\nallow_private = "yes"\n', "webhooks.allow_private", "expected a boolean"),
         ('[[smpp.connectors]]\nname = "a"\nhost = "h"\n', "smpp.connectors[0].system_id", "missing"),
         (
             CONNECTORS.replace('"smsc_b"', '"smsc_a"'),
@@ -399,6 +401,7 @@ def test_masked_dict(tmp_path: Path) -> None:
     assert "source" not in masked
     assert set(masked) == {
         "database", "http", "smtp", "relay", "dkim", "smpp", "sms", "storage", "queue", "daemon", "imap",
+        "webhooks",
     }  # fmt: skip
     assert "hunter2" not in repr(masked) and "a" * 32 not in repr(masked)
 
