@@ -10,18 +10,15 @@
   below the RSA one; verifiers that know ed25519 use either, the others ignore it (§4). dkimpy signs
   ed25519 through PyNaCl, dkimpy's optional dependency; without it an ed25519 key is refused at start.
 - Speed: dkimpy computes the RSA private-key operation in pure Python (~7 ms per 2048-bit signature
-  on the development machine, a hard ceiling of ~140 signed messages/s per core). When OpenSSL 3's
-  libcrypto can be loaded (the library Python's own ``ssl`` module links), that one step is done by
-  ``EVP_PKEY_sign`` instead, for the keys this module loaded, everything else staying dkimpy's.
-  RSASSA-PKCS1-v1_5 is deterministic, so the bytes are identical either way (a test compares them),
-  and ctypes releases the GIL during the call, so signing in a worker thread (gateway.smtp.relay
-  does) runs beside the loop. With it a signature costs ~0.4 ms, most of it dkimpy's own work.
+  on the development machine, a hard ceiling of ~140 signed messages/s per core). For the keys this
+  module loaded, that one step is done by pyca/cryptography (OpenSSL) instead, everything else
+  staying dkimpy's. RSASSA-PKCS1-v1_5 is deterministic, so the bytes are identical either way (a
+  test compares them), and cryptography releases the GIL during the operation, so signing in a
+  worker thread (gateway.smtp.relay does) runs beside the loop.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import importlib.util
 import logging
 import threading
@@ -31,6 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import dkim  # type: ignore[import-untyped]
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from dkim.crypto import parse_pem_private_key  # type: ignore[import-untyped]
 
 from gateway.smtp.dkim_keys import dns_record, public_key_der
@@ -57,112 +57,34 @@ OVERSIGNED = (b"from", b"reply-to", b"to", b"subject")
 _CANON = (b"relaxed", b"relaxed")
 
 
-# --- libcrypto (OpenSSL 3) for the RSA step ----------------------------------------------------
+# --- the RSA step through pyca/cryptography (OpenSSL) ---------------------------------------------
 
-_RSA_PKCS1_PADDING = 1
-
-
-class _LibCrypto:
-    def __init__(self, lib: ctypes.CDLL) -> None:
-        p, i, sz = ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t
-        self.lib = lib
-        for name, res, args in (
-            ("BIO_new_mem_buf", p, [p, i]),
-            ("BIO_free", i, [p]),
-            ("PEM_read_bio_PrivateKey", p, [p, p, p, p]),
-            ("EVP_PKEY_free", None, [p]),
-            ("EVP_PKEY_get_size", i, [p]),
-            ("EVP_PKEY_CTX_new", p, [p, p]),
-            ("EVP_PKEY_CTX_free", None, [p]),
-            ("EVP_PKEY_sign_init", i, [p]),
-            ("EVP_PKEY_CTX_set_rsa_padding", i, [p, i]),
-            ("EVP_PKEY_CTX_set_signature_md", i, [p, p]),
-            ("EVP_sha256", p, []),
-            ("EVP_PKEY_sign", i, [p, p, ctypes.POINTER(sz), p, sz]),
-        ):
-            fn = getattr(lib, name)
-            fn.restype = res
-            fn.argtypes = args
-        self.sha256 = lib.EVP_sha256()
-
-    def load_private_key(self, pem: bytes) -> int | None:
-        buf = ctypes.create_string_buffer(pem, len(pem))
-        bio = self.lib.BIO_new_mem_buf(buf, len(pem))
-        if not bio:
-            return None
-        try:
-            key = self.lib.PEM_read_bio_PrivateKey(bio, None, None, None)
-        finally:
-            self.lib.BIO_free(bio)
-        return int(key) if key else None
-
-    def sign_sha256(self, key: int, digest: bytes) -> bytes:
-        lib = self.lib
-        ctx = lib.EVP_PKEY_CTX_new(key, None)
-        if not ctx:
-            raise RuntimeError("EVP_PKEY_CTX_new failed")
-        try:
-            if (
-                lib.EVP_PKEY_sign_init(ctx) <= 0
-                or lib.EVP_PKEY_CTX_set_rsa_padding(ctx, _RSA_PKCS1_PADDING) <= 0
-                or lib.EVP_PKEY_CTX_set_signature_md(ctx, self.sha256) <= 0
-            ):
-                raise RuntimeError("EVP_PKEY_sign_init failed")
-            size = ctypes.c_size_t(lib.EVP_PKEY_get_size(key))
-            out = ctypes.create_string_buffer(size.value)
-            if lib.EVP_PKEY_sign(ctx, out, ctypes.byref(size), digest, len(digest)) <= 0:
-                raise RuntimeError("EVP_PKEY_sign failed")
-            return out.raw[: size.value]
-        finally:
-            lib.EVP_PKEY_CTX_free(ctx)
-
-
-def _load_libcrypto() -> _LibCrypto | None:
-    name = ctypes.util.find_library("crypto")
-    if not name:
-        return None
-    try:
-        lib = ctypes.CDLL(name)
-        version_num = lib.OpenSSL_version_num
-        version_num.restype = ctypes.c_ulong
-        if version_num() < 0x30000000:  # the EVP_PKEY_CTX_set_* functions are macros before 3.0
-            return None
-        return _LibCrypto(lib)
-    except (OSError, AttributeError):
-        return None
-
-
-_libcrypto: _LibCrypto | None = None
-_libcrypto_loaded = False
-_fast_keys: dict[int, int] = {}  # RSA modulus -> EVP_PKEY*
+_fast_keys: dict[int, rsa.RSAPrivateKey] = {}  # RSA modulus -> the key loaded by cryptography
 _patch_lock = threading.Lock()
 _original_sign: Callable[[Any, dict[str, Any]], Any] = dkim.RSASSA_PKCS1_v1_5_sign
 
 
 def openssl_available() -> bool:
-    global _libcrypto, _libcrypto_loaded
-    with _patch_lock:
-        if not _libcrypto_loaded:
-            _libcrypto = _load_libcrypto()
-            _libcrypto_loaded = True
-    return _libcrypto is not None
+    """Kept for callers and tests: the fast RSA path is always there now (a hard dependency)."""
+    return True
 
 
 def _rsassa_sign(hash_: Any, private_key: dict[str, Any]) -> Any:
-    """Stands in for dkimpy's RSASSA_PKCS1_v1_5_sign: our keys via libcrypto, others unchanged."""
+    """Stands in for dkimpy's RSASSA_PKCS1_v1_5_sign: our keys through OpenSSL, others unchanged."""
     key = _fast_keys.get(private_key.get("modulus", 0))
-    if key is not None and _libcrypto is not None and getattr(hash_, "name", "").lower() == "sha256":
-        return _libcrypto.sign_sha256(key, hash_.digest())
+    if key is not None and getattr(hash_, "name", "").lower() == "sha256":
+        return key.sign(hash_.digest(), padding.PKCS1v15(), Prehashed(hashes.SHA256()))
     return _original_sign(hash_, private_key)
 
 
 def _register_fast_key(pem: bytes, modulus: int) -> bool:
-    if not openssl_available() or _libcrypto is None:
-        return False
     with _patch_lock:
         if modulus not in _fast_keys:
-            key = _libcrypto.load_private_key(pem)
-            if key is None:
+            try:
+                key = serialization.load_pem_private_key(pem, password=None)
+            except (ValueError, TypeError):
+                return False
+            if not isinstance(key, rsa.RSAPrivateKey):
                 return False
             _fast_keys[modulus] = key  # kept for the life of the process (one per configured key)
         dkim.RSASSA_PKCS1_v1_5_sign = _rsassa_sign

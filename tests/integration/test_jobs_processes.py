@@ -132,7 +132,12 @@ async def test_two_processes_drain_10000_jobs_each_taken_once(
     assert len(a) == len(handled[0]) and len(b) == len(handled[1])  # nobody handled a job twice
     assert not a & b  # nor did both
     assert a | b == set(ids)
-    assert a and b, f"one process did all the work: {stats}"
+    if db_target.backend == "postgresql":
+        # SKIP LOCKED lets both claim side by side. SQLite promises no fairness between processes
+        # (a writer that just committed often takes the lock again before the other's busy-wait
+        # retries), so there one process may legitimately drain everything; exactly-once is what
+        # matters and is asserted above for both engines.
+        assert a and b, f"one process did all the work: {stats}"
     assert [s["completed"] for s in stats] == [len(handled[0]), len(handled[1])]
     rows = await job_rows(db)
     assert set(rows.values()) == {("done", 1)}
