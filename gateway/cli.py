@@ -54,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
         "--out", metavar="DIR", help="default: the directory of [dkim] private_key_file, else DATA_DIR/dkim"
     )
     keygen.add_argument("--bits", type=int, default=2048, help="RSA key size (default 2048)")
-    keygen.add_argument("--ed25519", action="store_true", help="an ed25519 key instead (needs PyNaCl)")
+    keygen.add_argument("--ed25519", action="store_true", help="an ed25519 key (RFC 8463) instead of RSA")
     keygen.add_argument("--force", action="store_true", help="overwrite existing key files")
     return p
 

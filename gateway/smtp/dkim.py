@@ -8,7 +8,8 @@
   occur, §8.15): a second From added on the way breaks the signature instead of being displayed.
 - With an ed25519 key configured, a second DKIM-Signature (its own selector, RFC 8463 §3) is added
   below the RSA one; verifiers that know ed25519 use either, the others ignore it (§4). dkimpy signs
-  ed25519 through PyNaCl, dkimpy's optional dependency; without it an ed25519 key is refused at start.
+  ed25519 through PyNaCl (one of our dependencies; should it be missing, an ed25519 key is refused at
+  start rather than failing at the first message).
 - Speed: dkimpy computes the RSA private-key operation in pure Python (~7 ms per 2048-bit signature
   on the development machine, a hard ceiling of ~140 signed messages/s per core). For the keys this
   module loaded, that one step is done by pyca/cryptography (OpenSSL) instead, everything else
