@@ -29,6 +29,8 @@ test: lint
 bench: $(BIN)/.installed
 	$(BIN)/python tests/perf/queue.py --backend both
 	$(BIN)/python tests/perf/sms_out.py --backend both
+	$(BIN)/python tests/perf/sms_in.py --backend both
+	$(BIN)/python tests/perf/email_out.py --backend both --signing both
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache .hypothesis
