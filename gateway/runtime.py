@@ -279,6 +279,10 @@ class Runtime:
         self.smpp_pool = pool
         # Sessions stop sending at shutdown, wait briefly for responses, unbind.
         task = self._background(stack, "smpp-pool", pool.run)
+        # Registered after the pool, so it runs before the pool stops: a batch whose parts are out
+        # records their outcomes before the binds go and the database closes (a batch cut off here
+        # would leave parts "pending" that the SMSC has, and a restart would send them again).
+        stack.push_async_callback(submitter.drain, self.config.daemon.shutdown_timeout_seconds)
 
         async def ready() -> tuple[bool, dict[str, Any]]:
             binds = pool.snapshot()

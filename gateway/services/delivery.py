@@ -24,7 +24,7 @@ from gateway.domain.receipts import Receipt, ReceiptError, ReceiptState, is_rece
 from gateway.services.inbound import InboundSmsService
 from gateway.storage import messages as repo
 from gateway.storage import tenants as tenants_repo
-from gateway.storage.db import lock_name
+from gateway.storage.db import lock_name, lock_names
 from gateway.storage.tables import drops, parked_receipts, sms_parts
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ class SmsDelivery:
                     smsc_message_key=key,
                     status_reason=None,
                 )
-                await self._apply_parked(conn, connector, key)
+                self.receipts_matched += len(await apply_parked_for(conn, [(connector, key)], now))
             else:
                 await repo.update_part(
                     conn,
@@ -117,7 +117,7 @@ class SmsDelivery:
         now = self.clock()
 
         async def unit(conn: AsyncConnection) -> bool:
-            # Same lock as _apply_parked: either we see the part's id, or it sees our parked row.
+            # Same lock as apply_parked_for: either we see the part's id, or it sees our parked row.
             await lock_name(conn, f"receipt:{key}")
             if await apply_receipt(conn, sms.connector, key, receipt, now):
                 return True
@@ -135,20 +135,6 @@ class SmsDelivery:
             self.receipts_matched += 1
         else:
             self.receipts_parked += 1
-
-    async def _apply_parked(self, conn: AsyncConnection, connector: str, key: str) -> None:
-        await lock_name(conn, f"receipt:{key}")
-        rows = (
-            await conn.execute(
-                sa.select(parked_receipts.c.id, parked_receipts.c.receipt).where(
-                    parked_receipts.c.connector == connector, parked_receipts.c.smsc_message_key == key
-                )
-            )
-        ).all()
-        for row_id, data in rows:
-            await apply_receipt(conn, connector, key, _receipt_from_json(data), self.clock())
-            await conn.execute(sa.delete(parked_receipts).where(parked_receipts.c.id == row_id))
-            self.receipts_matched += 1
 
     async def _unhandled_mo(self, sms: InboundSms) -> None:
         # Mobile-originated messages are routed by the inbound SMS service (it commits before it
@@ -176,7 +162,12 @@ class SmsDelivery:
 
 
 async def apply_parked_for(conn: AsyncConnection, keys: list[tuple[str, str]], now: datetime) -> set[str]:
-    """Apply the parked receipts for these (connector, key) pairs; the ids of the messages touched."""
+    """Apply the parked receipts for these (connector, key) pairs; the ids of the messages touched.
+
+    Takes the receipt lock of every key first (PostgreSQL): a receipt being parked concurrently
+    either committed before (and is seen here) or sees the part's id after we commit.
+    """
+    await lock_names(conn, [f"receipt:{key}" for _, key in keys])
     wanted = set(keys)
     rows = (
         await conn.execute(

@@ -144,7 +144,7 @@ class OutboundService:
             tenant = await tenants_repo.sending_profile(conn, tenant_id)
             if tenant is None:
                 raise NotFoundError("tenant", tenant_id)
-            contact, contact_pk = await self._recipient(conn, tenant_id, req)
+            contact, contact_pk = await self._recipient(conn, tenant_id, req, to_phone)
             refusals: dict[str, Deny] = {}
             sms_target: SmsTarget | None = None
             if Channel.SMS in req.channels:
@@ -179,7 +179,7 @@ class OutboundService:
             if refusals:
                 raise ChannelsRefusedError({c: (d.reason, d.detail) for c, d in refusals.items()})
 
-            thread_id, thread_created = await self._thread(conn, tenant_id, contact_pk, req, now)
+            thread_id, thread_created = await self._thread(conn, tenant_id, contact_pk, req, to_phone, now)
             status = "scheduled" if req.send_at and req.send_at > now else "queued"
             out: list[dict[str, Any]] = []
             if sms_target is not None:
@@ -217,13 +217,12 @@ class OutboundService:
         return result
 
     async def _recipient(
-        self, conn: AsyncConnection, tenant_id: str, req: SendRequest
+        self, conn: AsyncConnection, tenant_id: str, req: SendRequest, to_phone: Phone | None
     ) -> tuple[Contact | None, int | None]:
         if req.contact_id is None:
-            if req.to_phone:
+            if to_phone is not None:
                 # A bare number that belongs to contacts of ours obeys their consent and block flags.
-                e164 = parse_phone(req.to_phone, self.settings.default_region, field="to.phone").e164
-                pks = await contacts_repo.pks_by_phone(conn, tenant_id, e164)
+                pks = await contacts_repo.pks_by_phone(conn, tenant_id, to_phone.e164)
                 if pks:
                     found = await contacts_repo.load_contacts(conn, tenant_id, pks[:1])
                     return found[0], pks[0]
@@ -239,7 +238,13 @@ class OutboundService:
         return for_email
 
     async def _thread(
-        self, conn: AsyncConnection, tenant_id: str, contact_pk: int | None, req: SendRequest, now: datetime
+        self,
+        conn: AsyncConnection,
+        tenant_id: str,
+        contact_pk: int | None,
+        req: SendRequest,
+        to_phone: Phone | None,
+        now: datetime,
     ) -> tuple[str, bool]:
         # Issue 7: thread_id names a thread outright, but only one of this tenant's (else 404, as for
         # any other tenant's id) and this contact's (else 422: a conversation is with one customer).
@@ -255,7 +260,7 @@ class OutboundService:
         addresses: tuple[str, ...] = ()
         if contact_pk is None:
             # Nobody's contact: the address stands in for the contact when choosing the thread.
-            phone = parse_phone(req.to_phone, self.settings.default_region).e164 if req.to_phone else None
+            phone = to_phone.e164 if to_phone is not None else None
             addresses = tuple(a for a in (phone, (req.to_email or "").strip().lower()) if a)
         return await repo.find_or_create_thread(
             conn,

@@ -31,7 +31,7 @@ from gateway.domain.ports import SmsTransport, SubmitPart, SubmitResult
 from gateway.domain.sms_text import Encoding
 from gateway.domain.udh import concat_parts
 from gateway.services.delivery import IdKey, RetryLaterError, apply_parked_for, settle
-from gateway.storage.db import Database, lock_names
+from gateway.storage.db import Database
 from gateway.storage.jobs import Job
 from gateway.storage.messages import add_event_rows
 from gateway.storage.tables import messages, sms_parts
@@ -109,6 +109,21 @@ class SmsSubmitter:
         except asyncio.CancelledError:
             # Shutdown: the batch goes on and records what it did; the job's lease lapses anyway.
             raise
+
+    async def drain(self, timeout: float) -> None:
+        """At shutdown, after the job runner stopped: let running batches record what they sent."""
+        if self._pending:
+            self._flush()
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
+        if pending:
+            log.warning(
+                "sms submit batches still running at the shutdown deadline", extra={"batches": len(pending)}
+            )
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending)
 
     def _flush(self) -> None:
         self._scheduled = False
@@ -222,7 +237,6 @@ class SmsSubmitter:
                 await conn.execute(_UPDATE_PART, other)
             if keys:
                 # Receipts that arrived before we stored these ids were parked; take them now.
-                await lock_names(conn, [f"receipt:{key}" for _, key in keys])
                 needs_settle |= await apply_parked_for(conn, keys, now)
             sent: list[str] = []
             for message in rows:

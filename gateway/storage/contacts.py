@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -101,20 +102,21 @@ async def load_contacts(conn: AsyncConnection, tenant_id: str, pks: Iterable[int
         )
     ).mappings():
         emails.setdefault(r["contact_pk"], []).append(r["email"])
-    return [
-        Contact(
-            tenant_id=r["tenant_id"],
-            contact_id=r["contact_id"],
-            name=r["name"],
-            phones=tuple(phones.get(r["pk"], ())),
-            emails=tuple(emails.get(r["pk"], ())),
-            consent=Consent(sms=r["consent_sms"], email=r["consent_email"], marketing=r["consent_marketing"]),
-            blocked=r["blocked"],
-            created_at=r["created_at"],
-            updated_at=r["updated_at"],
-        )
-        for r in rows
-    ]
+    return [_contact(r, phones.get(r["pk"], ()), emails.get(r["pk"], ())) for r in rows]
+
+
+def _contact(r: Any, phones: Iterable[Phone], emails: Iterable[str]) -> Contact:
+    return Contact(
+        tenant_id=r["tenant_id"],
+        contact_id=r["contact_id"],
+        name=r["name"],
+        phones=tuple(phones),
+        emails=tuple(emails),
+        consent=Consent(sms=r["consent_sms"], email=r["consent_email"], marketing=r["consent_marketing"]),
+        blocked=r["blocked"],
+        created_at=r["created_at"],
+        updated_at=r["updated_at"],
+    )
 
 
 async def contact_pk(conn: AsyncConnection, tenant_id: str, contact_id: str) -> int | None:
@@ -157,15 +159,5 @@ async def load_for_sms(conn: AsyncConnection, tenant_id: str, contact_id: str) -
     if r is None:
         return None
     phones = tuple(Phone(*row) for row in await conn.execute(_PHONES_FOR_SEND, {"pk": r["pk"]}))
-    contact = Contact(
-        tenant_id=r["tenant_id"],
-        contact_id=r["contact_id"],
-        name=r["name"],
-        phones=phones,
-        emails=(),
-        consent=Consent(sms=r["consent_sms"], email=r["consent_email"], marketing=r["consent_marketing"]),
-        blocked=r["blocked"],
-        created_at=r["created_at"],
-        updated_at=r["updated_at"],
-    )
+    contact = _contact(r, phones, ())
     return contact, int(r["pk"])

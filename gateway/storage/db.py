@@ -129,16 +129,20 @@ _INSERT_PLANS: dict[tuple[str, tuple[str, ...]], tuple[str, list[str], list[Any]
 
 async def insert(
     conn: AsyncConnection, table: sa.Table, values: dict[str, Any] | list[dict[str, Any]]
-) -> None:
+) -> int | None:
     """``INSERT`` rows of ``table``: raw sqlite3 inside the SQLite writer, SQLAlchemy elsewhere.
 
-    For the hot paths (a message, its parts, its event and ledger rows), where SQLAlchemy's per-call
-    statement set-up cost more than SQLite's own work.
+    For the hot paths (a message, its parts, its event, ledger and job rows), where SQLAlchemy's
+    per-call statement set-up cost more than SQLite's own work. Returns the new row's integer key
+    for a single row (None for several rows, or a non-integer key).
     """
     if isinstance(conn, LoopConnection):
-        conn.insert_now(table, values)
-        return
-    await conn.execute(table.insert(), values)
+        return conn.insert_now(table, values)
+    result = await conn.execute(table.insert(), values)
+    if isinstance(values, list):
+        return None
+    key = result.inserted_primary_key
+    return int(key[0]) if key and isinstance(key[0], int) else None
 
 
 class LoopConnection:
@@ -408,14 +412,11 @@ async def lock_name(conn: AsyncConnection, name: str) -> None:
     its part while the part's message id is being recorded. SQLite needs nothing: its writers are
     serial already.
     """
-    if conn.dialect.name != "postgresql":
-        return
-    key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
-    await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+    await lock_names(conn, [name])
 
 
 async def lock_names(conn: AsyncConnection, names: list[str]) -> None:
-    """:func:`lock_name` for many names in one statement, in a fixed order (no deadlocks)."""
+    """:func:`lock_name` for many names in one statement, taken in a fixed order (no deadlocks)."""
     if conn.dialect.name != "postgresql" or not names:
         return
     keys = sorted(

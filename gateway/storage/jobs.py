@@ -34,17 +34,15 @@ Guarantees and conventions:
 from __future__ import annotations
 
 import random
-import weakref
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway.storage.db import Database, LoopConnection
+from gateway.storage.db import Database, insert
 from gateway.storage.tables import UTCDateTime, jobs
 
 __all__ = [
@@ -61,7 +59,8 @@ STATUSES = ("queued", "running", "done", "failed", "cancelled")
 #: Longest ``last_error`` kept (tracebacks or remote error pages can be huge).
 MAX_ERROR_CHARS = 2000
 _KIND_MAX = jobs.c.kind.type.length  # type: ignore[attr-defined]
-#: Use the single-round-trip INSERT on aiosqlite (see _FAST_SQL); tests switch it off to compare.
+#: Insert through gateway.storage.db.insert (raw sqlite3 inside the SQLite writer, with the columns'
+#: own bind processors); tests switch it off to compare with what SQLAlchemy Core stores.
 _FAST_SQLITE_INSERT = True
 
 RetryOutcome = Literal["queued", "failed", "lost"]
@@ -139,42 +138,6 @@ _CANCEL = (
     .values(status="cancelled", updated_at=sa.bindparam("now", type_=UTCDateTime()))
 )
 
-# enqueue() is the one per-request statement, so on SQLite it skips SQLAlchemy's aiosqlite cursor
-# adapter (three thread round trips: open cursor, execute, close) and runs the INSERT on the driver
-# connection in one (``execute_insert``), inside the same transaction. Values are converted with the
-# columns' own bind processors, so what is stored is exactly what the Core path stores
-# (tests/integration/test_jobs.py compares both). Side effects of the bypass: SQLAlchemy's echo and
-# cursor events do not see this INSERT, and a driver error surfaces as sqlite3.Error, not DBAPIError.
-_FAST_COLUMNS = (
-    "kind",
-    "payload",
-    "status",
-    "attempts",
-    "max_attempts",
-    "run_at",
-    "message_id",
-    "tenant_id",
-    "created_at",
-    "updated_at",
-)
-_FAST_SQL = "INSERT INTO {} ({}) VALUES ({})".format(
-    _J.name, ", ".join(_FAST_COLUMNS), ", ".join("?" * len(_FAST_COLUMNS))
-)
-_fast_processors: weakref.WeakKeyDictionary[Dialect, list[Callable[[Any], Any] | None]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _sqlite_params(dialect: Dialect, values: dict[str, Any]) -> tuple[Any, ...]:
-    processors = _fast_processors.get(dialect)
-    if processors is None:
-        processors = [_J.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in _FAST_COLUMNS]
-        _fast_processors[dialect] = processors
-    return tuple(
-        proc(values[name]) if proc is not None else values[name]
-        for name, proc in zip(_FAST_COLUMNS, processors, strict=True)
-    )
-
 
 def _owned(ids: Collection[int], worker_id: str) -> list[sa.ColumnElement[bool]]:
     return [_J.c.id.in_(list(ids)), _J.c.locked_by == worker_id, _J.c.status == "running"]
@@ -212,13 +175,10 @@ async def enqueue(
         "created_at": now,
         "updated_at": now,
     }
-    if isinstance(conn, LoopConnection) and _FAST_SQLITE_INSERT:
-        return int(conn.insert_now(_J, values) or 0)
-    if conn.dialect.driver == "aiosqlite" and _FAST_SQLITE_INSERT:
-        driver = (await conn.get_raw_connection()).driver_connection  # the aiosqlite.Connection
-        if driver is not None:
-            row = await driver.execute_insert(_FAST_SQL, _sqlite_params(conn.dialect, values))
-            return int(row[0])
+    if _FAST_SQLITE_INSERT:
+        job_id = await insert(conn, _J, values)
+        if job_id is not None:
+            return job_id
     result = await conn.execute(_INSERT, values)
     return int(result.inserted_primary_key[0])  # type: ignore[index]
 

@@ -23,18 +23,11 @@ async def purge_parked_receipts(conn: AsyncConnection, before: datetime, limit: 
 
 
 async def purge_idempotency_keys(conn: AsyncConnection, before: datetime, limit: int) -> int:
-    # Composite key: delete by (tenant_id, key) pairs picked in a subquery both engines accept.
-    rows = (
-        await conn.execute(
-            sa.select(idempotency_keys.c.tenant_id, idempotency_keys.c.key)
-            .where(idempotency_keys.c.created_at < before)
-            .limit(limit)
-        )
-    ).all()
-    for tenant_id, key in rows:
-        await conn.execute(
-            sa.delete(idempotency_keys).where(
-                idempotency_keys.c.tenant_id == tenant_id, idempotency_keys.c.key == key
-            )
-        )
-    return len(rows)
+    """Keys first used before ``before``, at most ``limit`` of them, in one statement."""
+    key = sa.tuple_(idempotency_keys.c.tenant_id, idempotency_keys.c.key)
+    old = sa.select(idempotency_keys.c.tenant_id, idempotency_keys.c.key).where(
+        idempotency_keys.c.created_at < before
+    )
+    # Row values (SQLite >= 3.15, PostgreSQL): the composite key picked by the bounded subquery.
+    result = await conn.execute(sa.delete(idempotency_keys).where(key.in_(old.limit(limit))))
+    return int(result.rowcount)
