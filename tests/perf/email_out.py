@@ -33,34 +33,26 @@ import aiohttp
 ROOT = Path(__file__).resolve().parents[2]
 # tests/perf/queue.py would shadow the stdlib queue module (aiosqlite imports it).
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
-from sqlalchemy import text  # noqa: E402
+from perf_support import (  # noqa: E402
+    TOKEN,
+    bounded,
+    drop_database,
+    fresh_database,
+    proc_stats,
+    start_daemon,
+    start_profiler,
+    stop_daemon,
+    stop_profiler,
+)
 
-from gateway.storage.db import make_engine  # noqa: E402
-from gateway.storage.migrate import upgrade  # noqa: E402
-
-PG_URL = os.environ.get("GATEWAY_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
-TOKEN = "bench-admin-token-0123456789"
 SMTP_SINK = shutil.which("smtp-sink") or (
     "/usr/sbin/smtp-sink" if os.path.exists("/usr/sbin/smtp-sink") else None
 )
 _SENT = re.compile(r'^gateway_email_relay\{result="sent"\} ([0-9.e+]+)$', re.M)
 _FAILED = re.compile(r'^gateway_email_relay\{result="(?:failed|deferred)"\} ([0-9.e+]+)$', re.M)
-
-
-def proc_stats(pid: int) -> tuple[float, float, float]:
-    """(user CPU seconds, system CPU seconds, peak RSS MiB) of a process, from /proc."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    user, system = int(fields[11]) / ticks, int(fields[12]) / ticks
-    hwm = 0.0
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                hwm = int(line.split()[1]) / 1024
-    return user, system, hwm
 
 
 def free_port() -> int:
@@ -116,12 +108,7 @@ async def run(
     profile: str | None = None,
 ) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="gw-bench-email-"))
-    schema = ""
-    if backend == "sqlite":
-        url = f"sqlite+aiosqlite:///{workdir}/gateway.sqlite3"
-    else:
-        url, schema = PG_URL, f"gw_bench_{secrets.token_hex(4)}"
-    await upgrade(url, pg_schema=schema or None)
+    url, schema = await fresh_database(backend, workdir)
     sink_port = free_port()
     sink, sink_kind = await start_sink(sink_port)
     key_file = await keygen(workdir) if signing else ""
@@ -153,27 +140,8 @@ batch_size = 200
 log_level = "WARNING"
 """
     )
-    proc = await asyncio.create_subprocess_exec(
-        str(ROOT / ".venv/bin/gateway"),
-        "run",
-        "-c",
-        str(config),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "GATEWAY_DAEMON__LOG_FORMAT": "json", "GATEWAY_DAEMON__LOG_LEVEL": "INFO"},
-    )
+    proc, port, _log = await start_daemon(config)
     try:
-        assert proc.stderr is not None
-        port = None
-        async with asyncio.timeout(30):
-            while port is None:
-                line = await proc.stderr.readline()
-                if not line:
-                    raise RuntimeError("daemon exited")
-                rec = json.loads(line)
-                if rec.get("msg") == "gateway started":
-                    port = rec["http_port"]
-        asyncio.create_task(_drain(proc.stderr))  # noqa: RUF006 - ends with the process
         base = f"http://127.0.0.1:{port}"
         conn = aiohttp.TCPConnector(limit=concurrency + 2)
         async with aiohttp.ClientSession(connector=conn) as http:
@@ -190,16 +158,9 @@ log_level = "WARNING"
                 async with http.put(f"{base}/v1/contacts/c{i}", json=contact, headers=auth) as r:
                     assert r.status == 201, await r.text()
 
-            await _bounded(put, n, concurrency)
+            await bounded(put, n, concurrency)
             loop = asyncio.get_running_loop()
-            spy = None
-            if profile:
-                spy = await asyncio.create_subprocess_exec(
-                    str(ROOT / ".venv/bin/py-spy"),
-                    *("record", "--pid", str(proc.pid), "--format", "raw", "--rate", "200", "-o", profile),
-                    stdout=asyncio.subprocess.DEVNULL,
-                    stderr=asyncio.subprocess.DEVNULL,
-                )
+            spy = await start_profiler(proc.pid, profile)
             user0, sys0, _ = proc_stats(proc.pid)
 
             async def send(i: int) -> None:
@@ -237,13 +198,11 @@ log_level = "WARNING"
 
             t0 = loop.time()
             watcher = asyncio.create_task(watch())
-            await _bounded(send, n, concurrency)
+            await bounded(send, n, concurrency)
             t_accepted = loop.time()
             t_done = await watcher
             user1, sys1, rss = proc_stats(proc.pid)
-            if spy is not None:
-                spy.send_signal(2)
-                await asyncio.wait_for(spy.wait(), 30)
+            await stop_profiler(spy)
         return {
             "bench": "email_out",
             "backend": backend,
@@ -259,37 +218,14 @@ log_level = "WARNING"
             "peak_rss_mb": round(rss, 1),
         }
     finally:
-        proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), 30)
-        except TimeoutError:
-            proc.kill()
+        await stop_daemon(proc)
         sink.terminate()
         try:
             await asyncio.wait_for(sink.wait(), 10)
         except TimeoutError:
             sink.kill()
-        if schema:
-            engine = make_engine(PG_URL, null_pool=True)
-            async with engine.begin() as c:
-                await c.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-            await engine.dispose()
+        await drop_database(schema)
         shutil.rmtree(workdir, ignore_errors=True)
-
-
-async def _bounded(fn: Any, n: int, concurrency: int) -> None:
-    it = iter(range(n))
-
-    async def worker() -> None:
-        for i in it:
-            await fn(i)
-
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-
-
-async def _drain(stream: asyncio.StreamReader) -> None:
-    while await stream.readline():
-        pass
 
 
 def main() -> None:

@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import secrets
 import shutil
 import statistics
 import sys
@@ -36,14 +34,22 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
 import sqlalchemy as sa  # noqa: E402
+from perf_support import (  # noqa: E402
+    TOKEN,
+    bounded,
+    drop_database,
+    fresh_database,
+    proc_stats,
+    start_daemon,
+    start_profiler,
+    stop_daemon,
+    stop_profiler,
+)
 from smsc import SmscSimulator  # noqa: E402
 
 from gateway.storage.db import make_engine  # noqa: E402
-from gateway.storage.migrate import upgrade  # noqa: E402
 from gateway.storage.tables import drops, messages  # noqa: E402
 
-PG_URL = os.environ.get("GATEWAY_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
-TOKEN = "bench-admin-token-0123456789"
 POOL = ["+48500000001", "+48500000002", "+48500000003", "+48500000004"]
 
 
@@ -59,30 +65,11 @@ class TimedSmsc(SmscSimulator):
         super()._on_deliver_resp(conn, command_id, status, seq)
 
 
-def proc_stats(pid: int) -> tuple[float, float, float]:
-    """(user CPU seconds, system CPU seconds, peak RSS MiB) of a process, from /proc."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    user, system = int(fields[11]) / ticks, int(fields[12]) / ticks
-    hwm = 0.0
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                hwm = int(line.split()[1]) / 1024
-    return user, system, hwm
-
-
 async def run(
     backend: str, n: int, assignments: int, window: int, profile: str | None = None
 ) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="gw-bench-in-"))
-    schema = ""
-    if backend == "sqlite":
-        url = f"sqlite+aiosqlite:///{workdir}/gateway.sqlite3"
-    else:
-        url, schema = PG_URL, f"gw_bench_{secrets.token_hex(4)}"
-    await upgrade(url, pg_schema=schema or None)
+    url, schema = await fresh_database(backend, workdir)
     sim = TimedSmsc(system_id="gw", password="secret", record=False)
     sim.receipts = False
     await sim.start()
@@ -115,28 +102,8 @@ window = 50
 tps = 0
 """
     )
-    proc = await asyncio.create_subprocess_exec(
-        str(ROOT / ".venv/bin/gateway"),
-        "run",
-        "-c",
-        str(config),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "GATEWAY_DAEMON__LOG_FORMAT": "json", "GATEWAY_DAEMON__LOG_LEVEL": "INFO"},
-    )
-    drain: asyncio.Task[None] | None = None
+    proc, port, drain = await start_daemon(config)
     try:
-        assert proc.stderr is not None
-        port = None
-        async with asyncio.timeout(30):
-            while port is None:
-                line = await proc.stderr.readline()
-                if not line:
-                    raise RuntimeError("daemon exited")
-                rec = json.loads(line)
-                if rec.get("msg") == "gateway started":
-                    port = rec["http_port"]
-        drain = asyncio.create_task(_drain(proc.stderr))
         await sim.wait_bound(1, timeout=10)
         base = f"http://127.0.0.1:{port}"
         numbers = [f"+48600{i:06d}" for i in range(assignments)]
@@ -159,25 +126,10 @@ tps = 0
                     assert r.status == 202, await r.text()
                     senders[numbers[i]] = (await r.json())["messages"][0]["sms"]["sender"]
 
-            await _bounded(setup, assignments, 64)
+            await bounded(setup, assignments, 64)
         await sim.wait_until(lambda: sim.accepted_count >= assignments, 120, "outbound submits")
 
-        spy = None
-        if profile:
-            spy = await asyncio.create_subprocess_exec(
-                str(ROOT / ".venv/bin/py-spy"),
-                "record",
-                "--pid",
-                str(proc.pid),
-                "--format",
-                "raw",
-                "--rate",
-                "200",
-                "-o",
-                profile,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.DEVNULL,
-            )
+        spy = await start_profiler(proc.pid, profile)
         loop = asyncio.get_running_loop()
         user0, sys0, _ = proc_stats(proc.pid)
         sent_at: dict[int, float] = {}
@@ -192,9 +144,7 @@ tps = 0
         await sim.wait_deliver_resps(n, timeout=max(60.0, n / 100))
         t_done = loop.time()
         user1, sys1, rss = proc_stats(proc.pid)
-        if spy is not None:
-            spy.send_signal(2)
-            await asyncio.wait_for(spy.wait(), 30)
+        await stop_profiler(spy)
         errors = sum(1 for _, status in sim.deliver_resps if status != 0)
         lat = sorted(sim.resp_at[s] - t for s, t in sent_at.items() if s in sim.resp_at)
         stored, dropped = await _count(url, schema)
@@ -216,19 +166,10 @@ tps = 0
             "error_resps": errors,
         }
     finally:
-        proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), 30)
-        except TimeoutError:
-            proc.kill()
-        if drain is not None:
-            drain.cancel()
+        await stop_daemon(proc)
+        drain.cancel()
         await sim.stop()
-        if schema:
-            engine = make_engine(PG_URL, null_pool=True)
-            async with engine.begin() as c:
-                await c.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-            await engine.dispose()
+        await drop_database(schema)
         shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -244,21 +185,6 @@ async def _count(url: str, schema: str) -> tuple[int, int]:
     finally:
         await engine.dispose()
     return int(stored), int(dropped)
-
-
-async def _bounded(fn: Any, n: int, concurrency: int) -> None:
-    it = iter(range(n))
-
-    async def worker() -> None:
-        for i in it:
-            await fn(i)
-
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-
-
-async def _drain(stream: asyncio.StreamReader) -> None:
-    while await stream.readline():
-        pass
 
 
 def main() -> None:

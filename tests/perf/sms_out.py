@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import secrets
 import shutil
 import statistics
 import sys
@@ -32,40 +30,25 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
+from perf_support import (  # noqa: E402
+    TOKEN,
+    bounded,
+    drop_database,
+    fresh_database,
+    proc_stats,
+    start_daemon,
+    start_profiler,
+    stop_daemon,
+    stop_profiler,
+)
 from smsc import SmscSimulator  # noqa: E402
-from sqlalchemy import text  # noqa: E402
-
-from gateway.storage.db import make_engine  # noqa: E402
-from gateway.storage.migrate import upgrade  # noqa: E402
-
-PG_URL = os.environ.get("GATEWAY_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
-TOKEN = "bench-admin-token-0123456789"
-
-
-def proc_stats(pid: int) -> tuple[float, float, float]:
-    """(user CPU seconds, system CPU seconds, peak RSS MiB) of a process, from /proc."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    user, system = int(fields[11]) / ticks, int(fields[12]) / ticks
-    hwm = 0.0
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                hwm = int(line.split()[1]) / 1024
-    return user, system, hwm
 
 
 async def run(
     backend: str, n: int, concurrency: int, window: int, receipts: bool, profile: str | None = None
 ) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="gw-bench-"))
-    schema = ""
-    if backend == "sqlite":
-        url = f"sqlite+aiosqlite:///{workdir}/gateway.sqlite3"
-    else:
-        url, schema = PG_URL, f"gw_bench_{secrets.token_hex(4)}"
-    await upgrade(url, pg_schema=schema or None)
+    url, schema = await fresh_database(backend, workdir)
     sim = SmscSimulator(system_id="gw", password="secret")
     sim.receipts = receipts
     await sim.start()
@@ -98,27 +81,8 @@ window = {window}
 tps = 0
 """
     )
-    proc = await asyncio.create_subprocess_exec(
-        str(ROOT / ".venv/bin/gateway"),
-        "run",
-        "-c",
-        str(config),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "GATEWAY_DAEMON__LOG_FORMAT": "json", "GATEWAY_DAEMON__LOG_LEVEL": "INFO"},
-    )
+    proc, port, _log = await start_daemon(config)
     try:
-        assert proc.stderr is not None
-        port = None
-        async with asyncio.timeout(30):
-            while port is None:
-                line = await proc.stderr.readline()
-                if not line:
-                    raise RuntimeError("daemon exited")
-                rec = json.loads(line)
-                if rec.get("msg") == "gateway started":
-                    port = rec["http_port"]
-        asyncio.create_task(_drain(proc.stderr))  # noqa: RUF006 - ends with the process
         await sim.wait_bound(1, timeout=10)
         base = f"http://127.0.0.1:{port}"
         conn = aiohttp.TCPConnector(limit=concurrency)
@@ -138,23 +102,8 @@ tps = 0
                 ) as r:
                     assert r.status == 201, await r.text()
 
-            await _bounded(put, n, concurrency)
-            spy = None
-            if profile:
-                spy = await asyncio.create_subprocess_exec(
-                    str(ROOT / ".venv/bin/py-spy"),
-                    "record",
-                    "--pid",
-                    str(proc.pid),
-                    "--format",
-                    "raw",
-                    "--rate",
-                    "200",
-                    "-o",
-                    profile,
-                    stdout=asyncio.subprocess.DEVNULL,
-                    stderr=asyncio.subprocess.DEVNULL,
-                )
+            await bounded(put, n, concurrency)
+            spy = await start_profiler(proc.pid, profile)
             user0, sys0, _ = proc_stats(proc.pid)
             accepted: dict[str, float] = {}
             loop = asyncio.get_running_loop()
@@ -169,7 +118,7 @@ tps = 0
                 accepted[f"bench {i}"] = loop.time()
 
             t0 = loop.time()
-            await _bounded(send, n, concurrency)
+            await bounded(send, n, concurrency)
             t_accepted = loop.time()
             submits = await sim.wait_submits(n, timeout=max(60.0, n / 50))
             t_done = loop.time()
@@ -184,9 +133,7 @@ tps = 0
                 ),
                 None,
             )
-            if spy is not None:
-                spy.send_signal(2)
-                await asyncio.wait_for(spy.wait(), 30)
+            await stop_profiler(spy)
         arrive = [s.received_at for s in submits]
         lat = sorted(max(0.0, s.received_at - accepted[s.text]) for s in submits if s.text in accepted)
         return {
@@ -207,33 +154,10 @@ tps = 0
             "db_group_commits": commits,
         }
     finally:
-        proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), 30)
-        except TimeoutError:
-            proc.kill()
+        await stop_daemon(proc)
         await sim.stop()
-        if schema:
-            engine = make_engine(PG_URL, null_pool=True)
-            async with engine.begin() as c:
-                await c.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-            await engine.dispose()
+        await drop_database(schema)
         shutil.rmtree(workdir, ignore_errors=True)
-
-
-async def _bounded(fn: Any, n: int, concurrency: int) -> None:
-    it = iter(range(n))
-
-    async def worker() -> None:
-        for i in it:
-            await fn(i)
-
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-
-
-async def _drain(stream: asyncio.StreamReader) -> None:
-    while await stream.readline():
-        pass
 
 
 def main() -> None:

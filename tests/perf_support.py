@@ -1,0 +1,124 @@
+"""What the benchmarks in tests/perf share: a fresh database, the daemon as its own process, the
+profiler, /proc figures and a bounded load loop. (Lives in tests/, which the benchmarks put on
+sys.path, because tests/perf/queue.py would shadow the stdlib queue module there.)"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from sqlalchemy import text
+
+from gateway.storage.db import make_engine
+from gateway.storage.migrate import upgrade
+
+ROOT = Path(__file__).resolve().parents[1]
+PG_URL = os.environ.get("GATEWAY_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
+TOKEN = "bench-admin-token-0123456789"
+
+
+async def fresh_database(backend: str, workdir: Path) -> tuple[str, str]:
+    """(url, PostgreSQL schema or "") of a newly migrated database for one run."""
+    if backend == "sqlite":
+        url, schema = f"sqlite+aiosqlite:///{workdir}/gateway.sqlite3", ""
+    else:
+        url, schema = PG_URL, f"gw_bench_{secrets.token_hex(4)}"
+    await upgrade(url, pg_schema=schema or None)
+    return url, schema
+
+
+async def drop_database(schema: str) -> None:
+    """Remove a run's PostgreSQL schema (the SQLite file goes with the work directory)."""
+    if not schema:
+        return
+    engine = make_engine(PG_URL, null_pool=True)
+    async with engine.begin() as conn:
+        await conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+    await engine.dispose()
+
+
+async def start_daemon(config: Path) -> tuple[asyncio.subprocess.Process, int, asyncio.Task[None]]:
+    """``gateway run -c config`` with JSON logs; returns once it logged "gateway started" (30 s at
+    most): the process, its HTTP port, and the task that keeps reading its log."""
+    proc = await asyncio.create_subprocess_exec(
+        str(ROOT / ".venv/bin/gateway"), "run", "-c", str(config),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "GATEWAY_DAEMON__LOG_FORMAT": "json", "GATEWAY_DAEMON__LOG_LEVEL": "INFO"},
+    )  # fmt: skip
+    assert proc.stderr is not None
+    try:
+        async with asyncio.timeout(30):
+            while True:
+                line = await proc.stderr.readline()
+                if not line:
+                    raise RuntimeError("daemon exited before it started")
+                rec = json.loads(line)
+                if rec.get("msg") == "gateway started":
+                    port = int(rec["http_port"])
+                    break
+    except BaseException:
+        proc.kill()
+        await proc.wait()
+        raise
+    return proc, port, asyncio.create_task(_drain(proc.stderr))
+
+
+async def stop_daemon(proc: asyncio.subprocess.Process) -> None:
+    proc.terminate()
+    try:
+        await asyncio.wait_for(proc.wait(), 30)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+
+
+async def start_profiler(pid: int, out: str | None) -> asyncio.subprocess.Process | None:
+    """py-spy (raw stacks, 200 Hz) on ``pid`` into ``out``; None when no file was asked for."""
+    if not out:
+        return None
+    return await asyncio.create_subprocess_exec(
+        str(ROOT / ".venv/bin/py-spy"), "record", "--pid", str(pid), "--format", "raw", "--rate", "200",
+        "-o", out, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+async def stop_profiler(spy: asyncio.subprocess.Process | None) -> None:
+    if spy is not None:
+        spy.send_signal(2)  # SIGINT: py-spy writes its file and exits
+        await asyncio.wait_for(spy.wait(), 30)
+
+
+def proc_stats(pid: int) -> tuple[float, float, float]:
+    """(user CPU seconds, system CPU seconds, peak RSS MiB) of a process, from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    user, system = int(fields[11]) / ticks, int(fields[12]) / ticks
+    hwm = 0.0
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                hwm = int(line.split()[1]) / 1024
+    return user, system, hwm
+
+
+async def bounded(fn: Callable[[int], Awaitable[None]], n: int, concurrency: int) -> None:
+    """``fn(0) … fn(n-1)`` from ``concurrency`` tasks at most."""
+    it = iter(range(n))
+
+    async def worker() -> None:
+        for i in it:
+            await fn(i)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+
+async def _drain(stream: asyncio.StreamReader) -> None:
+    with contextlib.suppress(Exception):
+        while await stream.readline():
+            pass
