@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,8 @@ import aiohttp
 import pytest
 import sqlalchemy as sa
 from conftest import PG_URL, DbTarget, FakeClock
+from harness import ApiClient, eventually, running
+from harness import h as _h
 from smsc import SmscSimulator
 from smtp_sink import SmtpSink
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -45,17 +47,10 @@ REPAIR = {"type": "repair", "id": "R-1042"}
 # --- the daemon, in-process ------------------------------------------------------------------------
 
 
-class Gateway:
+class Gateway(ApiClient):
     def __init__(self, runtime: Runtime, http: aiohttp.ClientSession, sim: SmscSimulator) -> None:
-        self.runtime = runtime
-        self.http = http
+        super().__init__(runtime, http, TOKEN)
         self.sim = sim
-        self.base = f"http://127.0.0.1:{runtime.http_port}"
-        self.admin = {"Authorization": f"Bearer {TOKEN}"}
-
-    async def call(self, method: str, path: str, headers: dict[str, str], **kw: Any) -> tuple[int, Any]:
-        async with self.http.request(method, self.base + path, headers=headers, **kw) as resp:
-            return resp.status, await resp.json()
 
     async def get(self, auth: dict[str, str], path: str, **params: Any) -> Any:
         status, body = await self.call("GET", path, _h(auth), params=params)
@@ -98,19 +93,6 @@ class Gateway:
         return dict(await self.get(auth, f"/v1/messages/{message_id}"))
 
 
-def _h(auth: dict[str, str]) -> dict[str, str]:
-    return {"Authorization": auth["Authorization"]}
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 15) -> None:
-    try:
-        async with asyncio.timeout(timeout):
-            while not await check():  # noqa: ASYNC110 - the condition is a database/API read
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        raise AssertionError(f"no {what} after {timeout}s") from None
-
-
 @contextlib.asynccontextmanager
 async def gateway(
     target: DbTarget, tmp_path: Path, sim: SmscSimulator, extra: str = "", **runtime_kw: Any
@@ -148,19 +130,10 @@ response_timeout_seconds = 1
 """.replace("'", '"')
     )
     runtime = Runtime(config=load(path, {}), config_path=str(path), environ={}, **runtime_kw)
-    task = asyncio.create_task(runtime.run())
-    started = asyncio.create_task(runtime.started.wait())
-    await asyncio.wait([task, started], timeout=20, return_when=asyncio.FIRST_COMPLETED)
-    if task.done():
-        task.result()
-    started.cancel()
-    try:
+    async with running(runtime):
         await sim.wait_bound(1, timeout=10)
         async with aiohttp.ClientSession() as http:
             yield Gateway(runtime, http, sim)
-    finally:
-        runtime.stop.set()
-        await asyncio.wait_for(task, 20)
 
 
 @pytest.fixture

@@ -26,6 +26,8 @@ import dkim
 import pytest
 import sqlalchemy as sa
 from conftest import MAIL_DOMAIN, MESSAGE_ID_KEY, DbTarget
+from harness import ApiClient, running
+from harness import h as _h
 from smsc import SmscSimulator
 from smtp_sink import DROP, SmtpSink, make_dsn
 
@@ -93,17 +95,10 @@ def dns_for(record: tuple[Path, str, bytes]) -> Any:
     return dnsfunc
 
 
-class Gateway:
+class Gateway(ApiClient):
     def __init__(self, runtime: Runtime, http: aiohttp.ClientSession, target: DbTarget) -> None:
-        self.runtime = runtime
-        self.http = http
+        super().__init__(runtime, http, TOKEN)
         self.target = target
-        self.base = f"http://127.0.0.1:{runtime.http_port}"
-        self.admin = {"Authorization": f"Bearer {TOKEN}"}
-
-    async def call(self, method: str, path: str, headers: dict[str, str], **kw: Any) -> tuple[int, Any]:
-        async with self.http.request(method, self.base + path, headers=headers, **kw) as resp:
-            return resp.status, await resp.json()
 
     async def tenant(self, name: str, **extra: Any) -> dict[str, str]:
         status, t = await self.call(
@@ -138,10 +133,6 @@ class Gateway:
 
     async def db(self) -> Database:
         return await Database.open(self.target.url, pg_schema=self.target.pg_schema)
-
-
-def _h(auth: dict[str, str]) -> dict[str, str]:
-    return {"Authorization": auth["Authorization"]}
 
 
 @contextlib.asynccontextmanager
@@ -201,20 +192,11 @@ private_key_file = "{dkim_file or ""}"
 {smpp}"""
     )
     runtime = Runtime(config=load(path, {}), config_path=str(path), environ={})
-    task = asyncio.create_task(runtime.run())
-    started = asyncio.create_task(runtime.started.wait())
-    await asyncio.wait([task, started], timeout=20, return_when=asyncio.FIRST_COMPLETED)
-    if task.done():
-        task.result()
-    started.cancel()
-    try:
+    async with running(runtime):
         if sim is not None:
             await sim.wait_bound(1, timeout=10)
         async with aiohttp.ClientSession() as http:
             yield Gateway(runtime, http, target)
-    finally:
-        runtime.stop.set()
-        await asyncio.wait_for(task, 20)
 
 
 @pytest.fixture

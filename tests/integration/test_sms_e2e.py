@@ -14,6 +14,8 @@ from typing import Any
 import aiohttp
 import pytest
 from conftest import DbTarget
+from harness import ApiClient, running
+from harness import h as _h
 from smsc import SmscSimulator
 
 from gateway.config import load
@@ -24,16 +26,9 @@ TOKEN = "e2e-admin-token-0123456789"
 POOL = ["+48500000001", "+48500000002"]
 
 
-class Gateway:
+class Gateway(ApiClient):
     def __init__(self, runtime: Runtime, http: aiohttp.ClientSession) -> None:
-        self.runtime = runtime
-        self.http = http
-        self.base = f"http://127.0.0.1:{runtime.http_port}"
-        self.admin = {"Authorization": f"Bearer {TOKEN}"}
-
-    async def call(self, method: str, path: str, headers: dict[str, str], **kw: Any) -> tuple[int, Any]:
-        async with self.http.request(method, self.base + path, headers=headers, **kw) as resp:
-            return resp.status, await resp.json()
+        super().__init__(runtime, http, TOKEN)
 
     async def tenant(self, name: str, **extra: Any) -> dict[str, str]:
         status, t = await self.call(
@@ -67,10 +62,6 @@ class Gateway:
                     await asyncio.sleep(0.05)
         except TimeoutError:
             raise AssertionError(f"still {m.get('status')} after {timeout}s: {m}") from None
-
-
-def _h(auth: dict[str, str]) -> dict[str, str]:
-    return {"Authorization": auth["Authorization"]}
 
 
 @contextlib.asynccontextmanager
@@ -116,19 +107,10 @@ shutdown_timeout_seconds = 5
 """.replace("'", '"')
     )
     runtime = Runtime(config=load(path, {}), config_path=str(path), environ={})
-    task = asyncio.create_task(runtime.run())
-    started = asyncio.create_task(runtime.started.wait())
-    await asyncio.wait([task, started], timeout=20, return_when=asyncio.FIRST_COMPLETED)
-    if task.done():
-        task.result()
-    started.cancel()
-    try:
+    async with running(runtime):
         await sim.wait_bound(1, timeout=10)
         async with aiohttp.ClientSession() as http:
             yield Gateway(runtime, http)
-    finally:
-        runtime.stop.set()
-        await asyncio.wait_for(task, 20)
 
 
 @pytest.fixture

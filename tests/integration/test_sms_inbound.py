@@ -17,6 +17,8 @@ import aiohttp
 import pytest
 import sqlalchemy as sa
 from conftest import DbTarget, FakeClock
+from harness import ApiClient, eventually, running
+from harness import h as _h
 from smsc import SmscSimulator
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -32,18 +34,11 @@ JAN = "+48500100200"
 ESME_RX_T_APPN = 0x64
 
 
-class Gateway:
+class Gateway(ApiClient):
     def __init__(self, runtime: Runtime, http: aiohttp.ClientSession, sim: SmscSimulator) -> None:
-        self.runtime = runtime
-        self.http = http
+        super().__init__(runtime, http, TOKEN)
         self.sim = sim
-        self.base = f"http://127.0.0.1:{runtime.http_port}"
-        self.admin = {"Authorization": f"Bearer {TOKEN}"}
         self.resps = 0  # deliver_sm_resp seen so far
-
-    async def call(self, method: str, path: str, headers: dict[str, str], **kw: Any) -> tuple[int, Any]:
-        async with self.http.request(method, self.base + path, headers=headers, **kw) as resp:
-            return resp.status, await resp.json()
 
     async def tenant(self, name: str, **extra: Any) -> dict[str, str]:
         status, t = await self.call(
@@ -88,24 +83,8 @@ class Gateway:
         return [r["payload"] for r in rows]
 
 
-def _h(auth: dict[str, str]) -> dict[str, str]:
-    return {"Authorization": auth["Authorization"]}
-
-
 def _digits(e164: str) -> str:
     return e164.lstrip("+")
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 10) -> None:
-    """Poll ``check`` (a database read) until it holds; fail after ``timeout`` seconds."""
-    try:
-        async with asyncio.timeout(timeout):
-            while True:
-                if await check():
-                    return
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        raise AssertionError(f"no {what} after {timeout}s") from None
 
 
 @contextlib.asynccontextmanager
@@ -144,19 +123,10 @@ response_timeout_seconds = 1
 """.replace("'", '"')
     )
     runtime = Runtime(config=load(path, {}), config_path=str(path), environ={}, clock=clock)
-    task = asyncio.create_task(runtime.run())
-    started = asyncio.create_task(runtime.started.wait())
-    await asyncio.wait([task, started], timeout=20, return_when=asyncio.FIRST_COMPLETED)
-    if task.done():
-        task.result()
-    started.cancel()
-    try:
+    async with running(runtime):
         await sim.wait_bound(1, timeout=10)
         async with aiohttp.ClientSession() as http:
             yield Gateway(runtime, http, sim)
-    finally:
-        runtime.stop.set()
-        await asyncio.wait_for(task, 20)
     assert not sim.protocol_errors
 
 
