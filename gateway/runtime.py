@@ -63,8 +63,9 @@ from gateway.smpp.types import DeliverSm, to_inbound
 from gateway.smtp.addresses import check_deliverability
 from gateway.smtp.dkim import load_signer
 from gateway.smtp.errors import DkimKeyError
+from gateway.smtp.handler import InboundHandler
 from gateway.smtp.relay import RelaySettings, SmtpRelay
-from gateway.smtp.server import InboundHandler, SmtpListener
+from gateway.smtp.server import SmtpListener
 from gateway.storage import senders
 from gateway.storage import webhooks as webhooks_repo
 from gateway.storage.db import Database

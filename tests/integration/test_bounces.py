@@ -16,7 +16,8 @@ from gateway.domain.email_ids import make_verp
 from gateway.services.bounces import BounceService
 from gateway.services.outbound import OutboundService, SendRequest
 from gateway.services.tenants import TenantService, TenantSettings
-from gateway.smtp.server import InboundHandler, SmtpListener
+from gateway.smtp.handler import InboundHandler
+from gateway.smtp.server import SmtpListener
 from gateway.storage import messages as repo
 from gateway.storage.db import Database
 from gateway.storage.tables import drops, events, jobs
