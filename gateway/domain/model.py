@@ -50,6 +50,9 @@ class Tenant:
     #: Inbound SMS opt-out/opt-in words as the tenant set them ({"stop": [...], "start": [...]}, a
     #: missing list = the default); None = the defaults (gateway.domain.mo.DEFAULT_KEYWORDS).
     sms_keywords: dict[str, list[str]] | None = None
+    #: Further alphanumeric headers a message may choose with ``sms_sender`` (the default is
+    #: ``sms_alphanumeric``); only for the alphanumeric mode.
+    sms_alphanumeric_allowed: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

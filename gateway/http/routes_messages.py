@@ -41,6 +41,7 @@ async def send_message(request: web.Request, principal: Principal, body: Message
         category=body.category,
         send_at=body.send_at,
         idempotency_key=body.idempotency_key,
+        sms_sender=body.sms_sender,
     )
     status, result = await ctx.outbound.send(
         _tenant(principal), req, request_hash(body.model_dump(mode="json", exclude_unset=True))

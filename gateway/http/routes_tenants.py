@@ -35,6 +35,7 @@ async def create_tenant(request: web.Request, principal: Principal, body: Tenant
             trusted_domains=body.trusted_domains,
             sms_sender_mode=SenderMode(body.sms_sender.mode),
             sms_alphanumeric=body.sms_sender.alphanumeric,
+            sms_alphanumeric_allowed=body.sms_sender.allowed,
             attachments_save=body.attachments.save,
             attachments_quota_bytes=body.attachments.quota_bytes,
             webhook_url=body.webhook_url,
@@ -91,7 +92,12 @@ async def patch_tenant(request: web.Request, principal: Principal, body: TenantP
     sender = body.sms_sender
     attachments = body.attachments
     if sender is not None:
-        fields |= {f"sms_{k}" if k == "alphanumeric" else "sms_sender_mode" for k in sender.model_fields_set}
+        names = {
+            "mode": "sms_sender_mode",
+            "alphanumeric": "sms_alphanumeric",
+            "allowed": "sms_alphanumeric_allowed",
+        }
+        fields |= {names[k] for k in sender.model_fields_set}
     if attachments is not None:
         fields |= {f"attachments_{k}" for k in attachments.model_fields_set}
     if "attachments_save" in fields and attachments is not None and attachments.save is None:
@@ -104,6 +110,7 @@ async def patch_tenant(request: web.Request, principal: Principal, body: TenantP
         trusted_domains=body.trusted_domains,
         sms_sender_mode=SenderMode(sender.mode) if sender and sender.mode else None,
         sms_alphanumeric=sender.alphanumeric if sender else None,
+        sms_alphanumeric_allowed=sender.allowed if sender else None,
         attachments_save=attachments.save if attachments else None,
         attachments_quota_bytes=attachments.quota_bytes if attachments else None,
         webhook_url=body.webhook_url,

@@ -71,6 +71,11 @@ class ErrorOut(Out):
 class SmsSenderIn(Strict):
     mode: Literal["pool", "alphanumeric"] = "pool"
     alphanumeric: str | None = Field(None, description="1-11 characters; required for mode alphanumeric")
+    allowed: list[str] = Field(
+        default_factory=list,
+        max_length=20,
+        description="more alphanumeric headers a message may pick with sms_sender (default: alphanumeric)",
+    )
 
 
 class AttachmentsIn(Strict):
@@ -104,6 +109,7 @@ class TenantCreate(Strict):
 class SmsSenderPatch(Strict):
     mode: Literal["pool", "alphanumeric"] | None = None
     alphanumeric: str | None = None
+    allowed: list[str] | None = Field(None, max_length=20, description="replaces the list")
 
 
 class AttachmentsPatch(Strict):
@@ -129,6 +135,7 @@ class CreditsIn(Strict):
 class SmsSenderOut(Out):
     mode: str
     alphanumeric: str | None
+    allowed: list[str] = Field(default_factory=list)
 
 
 class AttachmentsOut(Out):
@@ -261,6 +268,11 @@ class MessageCreate(Strict):
     category: Literal["transactional", "marketing"] = "transactional"
     send_at: AwareDatetime | None = Field(None, description="ISO 8601 with a UTC offset; later = scheduled")
     idempotency_key: str | None = Field(None, min_length=1, max_length=200)
+    sms_sender: str | None = Field(
+        None,
+        max_length=11,
+        description="alphanumeric tenants: the header to send, one of sms_sender.allowed; default: theirs",
+    )
 
 
 class SmsInfo(Out):

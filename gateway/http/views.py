@@ -23,7 +23,11 @@ def tenant_out(t: Tenant, mail_domain: str) -> TenantOut:
         mailbox_address=f"{t.mailbox_prefix}@{mail_domain}",
         mailbox_aliases=list(t.mailbox_aliases),
         trusted_domains=list(t.trusted_domains),
-        sms_sender=SmsSenderOut(mode=t.sms_sender_mode.value, alphanumeric=t.sms_alphanumeric),
+        sms_sender=SmsSenderOut(
+            mode=t.sms_sender_mode.value,
+            alphanumeric=t.sms_alphanumeric,
+            allowed=list(t.sms_alphanumeric_allowed),
+        ),
         attachments=AttachmentsOut(
             save=t.attachments_save,
             quota_bytes=t.attachments_quota_bytes,

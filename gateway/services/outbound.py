@@ -75,6 +75,8 @@ class SendRequest:
     category: str = "transactional"
     send_at: datetime | None = None
     idempotency_key: str | None = None
+    #: Alphanumeric tenants: the header for this message, one of the tenant's allowed ones.
+    sms_sender: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +167,8 @@ class OutboundService:
                 )
                 if isinstance(decided, Deny):
                     refusals["sms"] = decided
+                elif (sender_refused := _check_sms_sender(tenant, req.sms_sender)) is not None:
+                    refusals["sms"] = sender_refused
                 else:
                     sms_target = decided
             email_target: EmailTarget | None = None
@@ -433,7 +437,7 @@ class OutboundService:
         customer = target.phone.e164
         tenant_id: str = tenant["id"]
         if tenant["sms_sender_mode"] == SenderMode.ALPHANUMERIC:
-            sender = tenant["sms_alphanumeric"] or ""
+            sender = req.sms_sender or tenant["sms_alphanumeric"] or ""
         else:
             pool = (
                 list(self.settings.pool)
@@ -585,6 +589,20 @@ def _check_shape(req: SendRequest) -> None:
         raise InvalidInputError("category", "must be 'transactional' or 'marketing'")
     _no_line_breaks(req.subject, "subject")
     _no_line_breaks(req.to_email, "to.email")
+
+
+def _check_sms_sender(tenant: dict[str, Any], wanted: str | None) -> Deny | None:
+    """A per-message alphanumeric header must be one the tenant set up (validated there, so it is
+    a valid header: 3GPP TS 23.040 §9.1.2.5); pool tenants cannot choose (the number is assigned,
+    and the sticky rule is what routes replies)."""
+    if wanted is None:
+        return None
+    if tenant["sms_sender_mode"] != SenderMode.ALPHANUMERIC:
+        return Deny("sender_not_allowed", "sms_sender: a pool tenant sends from its assigned pool number")
+    allowed = [tenant["sms_alphanumeric"], *(tenant["sms_alphanumeric_allowed"] or ())]
+    if wanted not in allowed:
+        return Deny("sender_not_allowed", f"sms_sender {wanted!r} is not one of {allowed}")
+    return None
 
 
 def _replay(stored: dict[str, Any], request_hash: str) -> tuple[int, dict[str, Any]]:

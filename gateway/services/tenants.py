@@ -53,6 +53,7 @@ class TenantSettings:
     trusted_domains: Sequence[str] | None = None
     sms_sender_mode: SenderMode | None = None
     sms_alphanumeric: str | None = None
+    sms_alphanumeric_allowed: Sequence[str] | None = None
     attachments_save: bool | None = None
     attachments_quota_bytes: int | None = None
     webhook_url: str | None = None
@@ -97,6 +98,7 @@ class TenantService:
             raise InvalidInputError("name", "must not be empty")
         mode = settings.sms_sender_mode or SenderMode.POOL
         alnum = _check_sender(mode, settings.sms_alphanumeric)
+        allowed = _check_allowed(settings.sms_alphanumeric_allowed or (), alnum)
         domains = _check_domains(settings.trusted_domains or ())
         keywords = _check_keywords(settings.sms_keywords)
         quota = (
@@ -128,6 +130,7 @@ class TenantService:
                     "name": name,
                     "sms_sender_mode": mode.value,
                     "sms_alphanumeric": alnum,
+                    "sms_alphanumeric_allowed": allowed or None,
                     "attachments_save": bool(settings.attachments_save),
                     "attachments_quota_bytes": quota,
                     "attachments_used_bytes": 0,
@@ -188,7 +191,8 @@ class TenantService:
             values["business_hours"] = changes.business_hours
         if "sms_keywords" in fields_set:
             values["sms_keywords"] = _check_keywords(changes.sms_keywords)
-        sender_touched = "sms_sender_mode" in fields_set or "sms_alphanumeric" in fields_set
+        sender_fields = {"sms_sender_mode", "sms_alphanumeric", "sms_alphanumeric_allowed"}
+        sender_touched = bool(sender_fields & fields_set)
         now = self.clock()
 
         async def unit(conn: AsyncConnection) -> Tenant:
@@ -202,6 +206,13 @@ class TenantService:
                 )
                 values["sms_sender_mode"] = mode.value
                 values["sms_alphanumeric"] = _check_sender(mode, alnum)
+                allowed = (
+                    changes.sms_alphanumeric_allowed or ()
+                    if "sms_alphanumeric_allowed" in fields_set
+                    else current.sms_alphanumeric_allowed
+                )
+                checked = _check_allowed(allowed, values["sms_alphanumeric"])
+                values["sms_alphanumeric_allowed"] = checked or None
             if new_prefix is not None and new_prefix != current.mailbox_prefix:
                 owner = await repo.prefix_owner(conn, new_prefix)
                 if owner is not None and owner[0] != tenant_id:
@@ -285,13 +296,26 @@ def _check_sender(mode: SenderMode, alphanumeric: str | None) -> str | None:
         return alphanumeric or None  # kept, unused, so switching back and forth loses nothing
     if not alphanumeric:
         raise InvalidInputError("sms_sender.alphanumeric", "is required when mode is 'alphanumeric'")
-    if not ALNUM_SENDER_RE.fullmatch(alphanumeric):
-        raise InvalidInputError(
-            "sms_sender.alphanumeric", "must be 1-11 characters of A-Z, a-z, 0-9, space, '.', '-', '&'"
-        )
-    if alphanumeric.isdigit():
-        raise InvalidInputError("sms_sender.alphanumeric", "must contain a letter (all digits is a number)")
+    _check_header(alphanumeric, "sms_sender.alphanumeric")
     return alphanumeric
+
+
+def _check_header(value: str, field: str) -> None:
+    if not ALNUM_SENDER_RE.fullmatch(value):
+        raise InvalidInputError(field, "must be 1-11 characters of A-Z, a-z, 0-9, space, '.', '-', '&'")
+    if value.isdigit():
+        raise InvalidInputError(field, "must contain a letter (all digits is a number)")
+
+
+def _check_allowed(allowed: Sequence[str], default: str | None) -> list[str]:
+    """The further headers a message may pick: each valid, no repeats, the default not repeated.
+    Kept in pool mode too (unused there), like the default header."""
+    out: list[str] = []
+    for i, value in enumerate(allowed):
+        _check_header(value, f"sms_sender.allowed[{i}]")
+        if value != default and value not in out:
+            out.append(value)
+    return out
 
 
 def _check_domains(domains: Sequence[str]) -> list[str]:

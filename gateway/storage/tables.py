@@ -69,6 +69,7 @@ tenants = sa.Table(
     sa.Column("name", sa.String(200), nullable=False),
     sa.Column("sms_sender_mode", sa.String(16), nullable=False),  # pool | alphanumeric
     sa.Column("sms_alphanumeric", sa.String(11)),
+    sa.Column("sms_alphanumeric_allowed", JSONType),  # more headers a message may pick; null = none
     sa.Column("attachments_save", sa.Boolean, nullable=False, default=False),
     sa.Column("attachments_quota_bytes", sa.BigInteger, nullable=False),
     sa.Column("attachments_used_bytes", sa.BigInteger, nullable=False, default=0),

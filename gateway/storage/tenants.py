@@ -49,6 +49,7 @@ async def load_tenant(conn: AsyncConnection, tenant_id: str) -> Tenant | None:
         trusted_domains=tuple(domains),
         sms_sender_mode=SenderMode(row["sms_sender_mode"]),
         sms_alphanumeric=row["sms_alphanumeric"],
+        sms_alphanumeric_allowed=tuple(row["sms_alphanumeric_allowed"] or ()),
         attachments_save=row["attachments_save"],
         attachments_quota_bytes=row["attachments_quota_bytes"],
         attachments_used_bytes=row["attachments_used_bytes"],
@@ -132,7 +133,11 @@ async def tenant_for_key_hash(conn: AsyncConnection, key_hash: str) -> str | Non
 
 
 _SENDING_PROFILE = sa.select(
-    tenants.c.id, tenants.c.sms_sender_mode, tenants.c.sms_alphanumeric, tenants.c.sms_credits
+    tenants.c.id,
+    tenants.c.sms_sender_mode,
+    tenants.c.sms_alphanumeric,
+    tenants.c.sms_alphanumeric_allowed,
+    tenants.c.sms_credits,
 ).where(tenants.c.id == sa.bindparam("t_id"))
 
 

@@ -133,6 +133,40 @@ async def test_alphanumeric_sender(api: Any) -> None:
     assert (await resp.json())["messages"][0]["sms"]["sender"] == "SERWIS"
 
 
+async def test_per_message_alphanumeric_sender(api: Any) -> None:
+    """A message may pick another of the tenant's headers; anything else is a 422 naming the reason."""
+    t = await new_tenant(
+        api,
+        "Alnum",
+        sms_sender={"mode": "alphanumeric", "alphanumeric": "SERWIS", "allowed": ["PROMO", "SERWIS"]},
+    )
+    assert t["sms_sender"]["allowed"] == ["PROMO"]  # the default is not repeated
+    await put_contact(api, t, "jan", phones=["+48500100200"])
+    resp = await send(api, t, contact_id="jan", sms_sender="PROMO")
+    assert resp.status == 202
+    assert (await resp.json())["messages"][0]["sms"]["sender"] == "PROMO"
+    resp = await send(api, t, contact_id="jan", sms_sender="SERWIS")
+    assert (await resp.json())["messages"][0]["sms"]["sender"] == "SERWIS"
+    resp = await send(api, t, contact_id="jan", sms_sender="OTHER")
+    assert resp.status == 422
+    refusal = (await resp.json())["error"]["details"]["channels"]["sms"]
+    assert refusal["reason"] == "sender_not_allowed" and "OTHER" in refusal["detail"]
+    # A bad header in the list is refused when the tenant is set up, naming the entry.
+    resp = await api.patch(
+        f"/v1/tenants/{t['id']}",
+        json={"sms_sender": {"allowed": ["OK", "TWELVE-CHARS"]}},
+        headers=api.admin,
+    )
+    assert resp.status == 422
+    assert (await resp.json())["error"]["details"]["field"] == "sms_sender.allowed[1]"
+
+
+async def test_pool_tenant_cannot_pick_a_sender(api: Any, tenant: dict[str, Any]) -> None:
+    resp = await send(api, tenant, contact_id="jan", sms_sender="SERWIS")
+    assert resp.status == 422
+    assert (await resp.json())["error"]["details"]["channels"]["sms"]["reason"] == "sender_not_allowed"
+
+
 async def test_idempotency(api: Any, tenant: dict[str, Any]) -> None:
     body = {"contact_id": "jan", "idempotency_key": "order-1042-ready"}
     first = await send(api, tenant, **body)

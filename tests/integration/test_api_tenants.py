@@ -24,7 +24,7 @@ async def test_create_tenant_returns_key_and_mailbox(api: Any) -> None:
     assert t["mailbox_address"] == f"serwis-kowalski@{MAIL_DOMAIN}"
     assert t["mailbox_aliases"] == []
     assert t["trusted_domains"] == ["kowalski.pl"]
-    assert t["sms_sender"] == {"mode": "pool", "alphanumeric": None}
+    assert t["sms_sender"] == {"mode": "pool", "alphanumeric": None, "allowed": []}
     assert t["sms_credits"] == 10
     resp = await api.get(f"/v1/tenants/{t['id']}", headers=api.admin)
     got = await resp.json()
@@ -77,7 +77,7 @@ async def test_bad_prefixes_name_the_field(api: Any) -> None:
 
 async def test_alphanumeric_sender_rules(api: Any) -> None:
     t = await create(api, sms_sender={"mode": "alphanumeric", "alphanumeric": "SERWIS"})
-    assert t["sms_sender"] == {"mode": "alphanumeric", "alphanumeric": "SERWIS"}
+    assert t["sms_sender"] == {"mode": "alphanumeric", "alphanumeric": "SERWIS", "allowed": []}
     for bad in (
         {"mode": "alphanumeric"},
         {"mode": "alphanumeric", "alphanumeric": "TWELVE-CHARS"},

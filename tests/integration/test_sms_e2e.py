@@ -152,7 +152,9 @@ async def test_gsm_text_with_euro_and_senders(
     async with gateway(db_target, tmp_path, sim) as gw:
         a = await gw.tenant("A")
         b = await gw.tenant("B")
-        alnum = await gw.tenant("Alnum", sms_sender={"mode": "alphanumeric", "alphanumeric": "SERWIS"})
+        alnum = await gw.tenant(
+            "Alnum", sms_sender={"mode": "alphanumeric", "alphanumeric": "SERWIS", "allowed": ["PROMO"]}
+        )
         for t in (a, b, alnum):
             await gw.contact(t, "jan", "+48500100200")
         euro = "Cena naprawy: 120€ " + "x" * 140  # 159 chars, 160 septets: one part
@@ -161,13 +163,15 @@ async def test_gsm_text_with_euro_and_senders(
         m2 = await gw.send(b, contact_id="jan", text="od B")
         m3 = await gw.send(a, contact_id="jan", text="znowu od A")
         m4 = await gw.send(alnum, contact_id="jan", text="Alfanumerycznie")
-        for auth, m in ((a, m1), (b, m2), (a, m3), (alnum, m4)):
+        m5 = await gw.send(alnum, contact_id="jan", text="Promocja", sms_sender="PROMO")
+        for auth, m in ((a, m1), (b, m2), (a, m3), (alnum, m4), (alnum, m5)):
             assert (await gw.wait_status(auth, m["id"], {"delivered"}))["status"] == "delivered"
     by_text = {s.text: s for s in sim.submits}
     assert by_text[euro].data_coding == 0 and by_text[euro].payload.count(b"\x1b\x65") == 1
     assert by_text["od B"].source_addr != by_text[euro].source_addr  # two tenants, two numbers
     assert by_text["znowu od A"].source_addr == by_text[euro].source_addr  # sticky
     assert (by_text["Alfanumerycznie"].source_addr, by_text["Alfanumerycznie"].source_ton) == ("SERWIS", 5)
+    assert (by_text["Promocja"].source_addr, by_text["Promocja"].source_ton) == ("PROMO", 5)
 
 
 async def test_throttling_and_a_dropped_connection_lose_nothing(
