@@ -11,6 +11,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.domain.senders import Allocation, Holding
+from gateway.storage.db import fetch, run
 from gateway.storage.tables import sender_assignments, sender_numbers
 
 # Statements built once (this is on every send): the customer-first unique index answers both.
@@ -46,8 +47,11 @@ _UPSERT = {"sqlite": _upsert(sqlite_insert), "postgresql": _upsert(pg_insert)}
 
 
 async def holdings_for_customer(conn: AsyncConnection, customer_e164: str) -> list[Holding]:
-    rows = await conn.execute(_HOLDINGS, {"customer": customer_e164})
-    return [Holding(sender=r[0], tenant_id=r[1], last_used_at=r[2]) for r in rows]
+    rows = await fetch(conn, _HOLDINGS, {"customer": customer_e164})
+    return [
+        Holding(sender=r["sender_e164"], tenant_id=r["tenant_id"], last_used_at=r["last_used_at"])
+        for r in rows
+    ]
 
 
 async def active_pool(conn: AsyncConnection) -> list[str]:
@@ -71,7 +75,8 @@ async def record_use(
         await conn.execute(
             _TAKE_OVER, {"sender": allocation.sender, "customer": customer_e164, "t_id": tenant_id}
         )
-    await conn.execute(
+    await run(
+        conn,
         _UPSERT[conn.dialect.name],
         {
             "tenant_id": tenant_id,

@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.domain.model import Consent, Contact, Phone
+from gateway.storage.db import fetch, fetch_one
 from gateway.storage.tables import contact_emails, contact_phones, contacts
 
 
@@ -155,9 +156,12 @@ _PHONES_FOR_SEND = (
 
 async def load_for_sms(conn: AsyncConnection, tenant_id: str, contact_id: str) -> tuple[Contact, int] | None:
     """A contact with its phones (not its emails): the two queries sending an SMS needs."""
-    r = (await conn.execute(_CONTACT_FOR_SEND, {"t_id": tenant_id, "c_id": contact_id})).mappings().first()
+    r = await fetch_one(conn, _CONTACT_FOR_SEND, {"t_id": tenant_id, "c_id": contact_id})
     if r is None:
         return None
-    phones = tuple(Phone(*row) for row in await conn.execute(_PHONES_FOR_SEND, {"pk": r["pk"]}))
+    phones = tuple(
+        Phone(row["e164"], row["number_type"], row["region"])
+        for row in await fetch(conn, _PHONES_FOR_SEND, {"pk": r["pk"]})
+    )
     contact = _contact(r, phones, ())
     return contact, int(r["pk"])

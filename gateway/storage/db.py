@@ -145,6 +145,59 @@ async def insert(
     return int(key[0]) if key and isinstance(key[0], int) else None
 
 
+async def fetch(
+    conn: AsyncConnection, statement: Any, params: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """Rows of a prebuilt (module-level) statement as dicts: raw sqlite3 inside the SQLite writer,
+    SQLAlchemy elsewhere. For the hot paths, like :func:`insert`; the results are the same."""
+    if isinstance(conn, LoopConnection):
+        done = conn.run_planned(statement, params)
+        if done is not None:
+            return done[0]
+    result = await conn.execute(statement, params)
+    return [dict(r) for r in result.mappings()] if result.returns_rows else []
+
+
+async def fetch_one(
+    conn: AsyncConnection, statement: Any, params: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
+    rows = await fetch(conn, statement, params)
+    return rows[0] if rows else None
+
+
+async def run(conn: AsyncConnection, statement: Any, params: dict[str, Any] | None = None) -> int:
+    """Execute a prebuilt UPDATE/DELETE/INSERT without RETURNING; the affected row count."""
+    if isinstance(conn, LoopConnection):
+        done = conn.run_planned(statement, params)
+        if done is not None:
+            return done[1]
+    result = await conn.execute(statement, params)
+    return int(result.rowcount)
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """A statement compiled once for sqlite3: its SQL, where each positional value comes from (a
+    parameter or a value bound in the statement) and how it is converted, and the result columns with
+    their converters: what SQLAlchemy redoes on every execution. Statements that need Python-side
+    column defaults evaluated per execution (prefetch) or expanding IN lists get no plan. Columns
+    SQLAlchemy would fetch after the fact (postfetch) do not matter: fetch/run expose no
+    ``returned_defaults``; a caller wanting a value uses RETURNING."""
+
+    statement: Any  # kept so that id(statement) stays this statement's while the plan lives
+    sql: str
+    names: tuple[str, ...]
+    processors: tuple[Callable[[Any], Any] | None, ...]
+    defaults: dict[str, Any]
+    columns: tuple[str, ...]
+    result_processors: tuple[Callable[[Any], Any] | None, ...]
+
+
+_PLANS: dict[tuple[int, tuple[str, ...] | None], _Plan | None] = {}
+#: Plans are for module-level statements (a few dozen); a statement built per call must not pile up.
+_PLAN_LIMIT = 256
+
+
 class LoopConnection:
     """The part of :class:`AsyncConnection` units use, over a sync Connection run on the loop thread.
 
@@ -216,8 +269,85 @@ class LoopConnection:
             plan = _INSERT_PLANS[(table.name, keys)] = (sql, names, processors, defaults)
         return plan
 
+    def run_planned(
+        self, statement: Any, params: dict[str, Any] | None
+    ) -> tuple[list[dict[str, Any]], int] | None:
+        """Execute through a cached plan: (rows, rowcount); None when the statement has no plan (it
+        needs SQLAlchemy's execution-time work: column defaults, expanding IN, ...)."""
+        given = params or {}
+        plan = self._plan(statement, given)
+        if plan is None:
+            return None
+        raw = self._conn.connection.driver_connection
+        assert raw is not None
+        values = tuple(
+            (proc(v) if proc is not None else v)
+            for proc, v in zip(
+                plan.processors,
+                (given[n] if n in given else plan.defaults[n] for n in plan.names),
+                strict=True,
+            )
+        )
+        cursor = raw.execute(plan.sql, values)
+        if cursor.description is None:
+            return [], cursor.rowcount
+        cols = plan.columns
+        procs = plan.result_processors
+        rows = [
+            {c: (p(v) if p is not None else v) for c, p, v in zip(cols, procs, row, strict=True)}
+            for row in cursor.fetchall()
+        ]
+        return rows, cursor.rowcount
+
+    def _plan(self, statement: Any, given: dict[str, Any]) -> _Plan | None:
+        # An INSERT's columns, and the SET of an UPDATE without values(), are the parameters it is
+        # given: SQLAlchemy compiles them per key set.
+        keys = tuple(given) if statement.is_insert or statement.is_update else None
+        key = (id(statement), keys)
+        if key in _PLANS:
+            plan = _PLANS[key]
+            if plan is None or plan.statement is statement:
+                return plan
+        if len(_PLANS) >= _PLAN_LIMIT:
+            return None
+        plan = self._compile(statement, keys)
+        _PLANS[key] = plan
+        if plan is None:
+            _NO_PLAN.append(statement)  # keeps the id taken while it says "no plan"
+        return plan
+
+    def _compile(self, statement: Any, keys: tuple[str, ...] | None) -> _Plan | None:
+        compiled: Any = statement.compile(dialect=self.dialect, column_keys=list(keys) if keys else None)
+        if (
+            compiled.positiontup is None
+            or compiled.post_compile_params
+            or compiled.literal_execute_params
+            or getattr(compiled, "insert_prefetch", None)
+            or getattr(compiled, "update_prefetch", None)
+            or compiled.escaped_bind_names
+        ):
+            return None
+        names = tuple(compiled.positiontup)
+        binds = compiled.binds
+        if any(binds[n].callable is not None for n in names):
+            return None
+        bind_procs = compiled._bind_processors
+        results = compiled._result_columns
+        return _Plan(
+            statement=statement,
+            sql=compiled.string,
+            names=names,
+            processors=tuple(bind_procs.get(n) for n in names),
+            defaults={n: binds[n].value for n in names if not binds[n].required},
+            columns=tuple(r[0] for r in results),
+            result_processors=tuple(r[3]._cached_result_processor(self.dialect, None) for r in results),
+        )
+
     def in_transaction(self) -> bool:
         return self._conn.in_transaction()
+
+
+_NO_PLAN: list[Any] = []
 
 
 @dataclass

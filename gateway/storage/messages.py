@@ -11,7 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway.storage.db import insert, lock_name, notify_after_commit
+from gateway.storage.db import fetch_one, insert, lock_name, notify_after_commit, run
 from gateway.storage.tables import events, idempotency_keys, messages, sms_parts, threads
 
 
@@ -84,12 +84,10 @@ async def _find_thread(
     if contact_pk is not None:
         if context is not None:
             params = {"t_id": tenant_id, "pk": contact_pk, "c_type": context[0], "c_id": context[1]}
-            found = (await conn.execute(_THREAD_BY_CONTEXT, params)).scalar_one_or_none()
+            row = await fetch_one(conn, _THREAD_BY_CONTEXT, params)
         else:
-            found = (
-                await conn.execute(_THREAD_OF_CONTACT, {"t_id": tenant_id, "pk": contact_pk})
-            ).scalar_one_or_none()
-        return str(found) if found is not None else None
+            row = await fetch_one(conn, _THREAD_OF_CONTACT, {"t_id": tenant_id, "pk": contact_pk})
+        return str(row["id"]) if row is not None else None
     ctx = (
         sa.and_(threads.c.context_type == context[0], threads.c.context_id == context[1])
         if context is not None
@@ -180,7 +178,7 @@ _THREAD_OF_CONTACT = (
 
 
 async def touch_thread(conn: AsyncConnection, thread_id: str, now: datetime) -> None:
-    await conn.execute(_TOUCH_THREAD, {"t_id": thread_id, "t_now": now})
+    await run(conn, _TOUCH_THREAD, {"t_id": thread_id, "t_now": now})
 
 
 # --- messages ----------------------------------------------------------------------------------
@@ -252,9 +250,8 @@ async def set_message_status(
         "updated_at": now,
     }
     if only_from is None:
-        result = await conn.execute(_SET_STATUS, params)
-    else:
-        result = await conn.execute(_SET_STATUS_FROM, {**params, "b_from": list(only_from)})
+        return bool(await run(conn, _SET_STATUS, params))
+    result = await conn.execute(_SET_STATUS_FROM, {**params, "b_from": list(only_from)})
     return bool(result.rowcount)
 
 

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.domain.model import SenderMode, Tenant
-from gateway.storage.db import insert
+from gateway.storage.db import fetch_one, insert
 from gateway.storage.tables import api_keys, credit_ledger, mailbox_prefixes, tenants, trusted_domains
 
 
@@ -143,8 +143,7 @@ _SENDING_PROFILE = sa.select(
 
 async def sending_profile(conn: AsyncConnection, tenant_id: str) -> dict[str, Any] | None:
     """The few tenant columns sending a message needs (one query instead of load_tenant's three)."""
-    row = (await conn.execute(_SENDING_PROFILE, {"t_id": tenant_id})).mappings().first()
-    return dict(row) if row else None
+    return await fetch_one(conn, _SENDING_PROFILE, {"t_id": tenant_id})
 
 
 _CHANGE_CREDITS = (
@@ -167,10 +166,10 @@ async def change_credits(
 
     A single conditional UPDATE, so concurrent reservations on PostgreSQL cannot overdraw.
     """
-    result = await conn.execute(_CHANGE_CREDITS, {"t_id": tenant_id, "delta": delta, "now": now})
-    balance = result.scalar_one_or_none()
-    if balance is None:
+    row = await fetch_one(conn, _CHANGE_CREDITS, {"t_id": tenant_id, "delta": delta, "now": now})
+    if row is None:
         return None
+    balance = row["sms_credits"]
     await insert(
         conn,
         credit_ledger,

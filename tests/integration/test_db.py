@@ -62,3 +62,31 @@ async def test_write_after_close_is_refused(db_target) -> None:
     await db.close()
     with pytest.raises(RuntimeError):
         await db.write(lambda conn: asyncio.sleep(0))
+
+
+_NUMBERS = sa.select(sender_numbers.c.e164, sender_numbers.c.active, sender_numbers.c.created_at).order_by(
+    sender_numbers.c.e164
+)
+_DEACTIVATE = sa.update(sender_numbers).where(sender_numbers.c.e164 == sa.bindparam("n")).values(active=False)
+_PUT_NUMBER = sa.insert(sender_numbers)
+
+
+async def test_prebuilt_statements_give_the_same_rows_inside_the_writer_and_outside(db: Database) -> None:
+    """fetch/run take a raw sqlite3 path inside the SQLite writer: the rows, types (aware datetimes,
+    booleans) and row counts must be what SQLAlchemy gives everywhere else."""
+    from gateway.storage.db import fetch, fetch_one, run
+
+    async def put(conn: AsyncConnection) -> tuple[int, int]:
+        for n in ("+48500000001", "+48500000002"):
+            await run(conn, _PUT_NUMBER, {"e164": n, "active": True, "created_at": NOW})
+        return await run(conn, _DEACTIVATE, {"n": "+48500000002"}), await run(conn, _DEACTIVATE, {"n": "none"})
+
+    assert await db.write(put) == (1, 0)
+    written = await db.write(lambda conn: fetch(conn, _NUMBERS))
+    read = await db.read(lambda conn: fetch(conn, _NUMBERS))
+    assert written == read == [
+        {"e164": "+48500000001", "active": True, "created_at": NOW},
+        {"e164": "+48500000002", "active": False, "created_at": NOW},
+    ]
+    assert written[0]["created_at"].tzinfo is not None
+    assert await db.write(lambda conn: fetch_one(conn, _NUMBERS.where(sa.false()))) is None
