@@ -216,7 +216,13 @@ async def apply_receipt(
 
 
 async def settle(conn: AsyncConnection, message_id: str, now: datetime) -> None:
-    """Derive the message status from its parts; an event for each change, refunds on failure."""
+    """Derive the message status from its parts; an event for each change, refunds on failure.
+
+    PostgreSQL: receipts for two parts of one message commit in concurrent transactions, and under
+    READ COMMITTED each would see the other's part still "submitted" and neither would set
+    "delivered". The message lock makes the second one read after the first commits.
+    """
+    await lock_name(conn, f"message:{message_id}")
     message = await repo.get_message(conn, message_id)
     if message is None or message["status"] in ("cancelled",):
         return
