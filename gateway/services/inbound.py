@@ -99,6 +99,10 @@ class InboundSmsService:
         # loses the unwritten marks: an identical message within the window after the restart is
         # then taken for a resend (stored once, with a drop record), never a resend for a new one.
         self._answered: set[str] = set()
+        # Marks taken out of ``_answered`` whose write has not committed yet: still answered. Without
+        # this, a deliver_sm whose unit ran between the take and that commit would see the mark in
+        # neither place and take a new message with the same words for a resend.
+        self._writing: set[str] = set()
 
     # --- one deliver_sm ---------------------------------------------------------------------------
 
@@ -114,6 +118,7 @@ class InboundSmsService:
         marks: list[str] = []
         if len(self._answered) >= _MARKS_BATCH:
             marks, self._answered = list(self._answered), set()
+            self._writing.update(marks)
         renewed = False  # fp was answered (in memory) and this is a new message with the same words
 
         async def unit(conn: AsyncConnection) -> tuple[str, ...]:
@@ -122,7 +127,7 @@ class InboundSmsService:
             before = await store.seen(conn, fp)
             if before is not None and is_resend(
                 seen_at=before.received_at,
-                answered=before.answered or fp in self._answered,
+                answered=before.answered or fp in self._answered or fp in self._writing,
                 now=now,
                 window=self.settings.duplicate_window,
             ):
@@ -162,6 +167,8 @@ class InboundSmsService:
             if renewed:
                 self._answered.add(fp)  # rolled back: the earlier one stays answered
             raise
+        finally:
+            self._writing.difference_update(marks)
         self.outcomes.update(labels)
         # Returning makes the session answer ESME_ROK at once (SMPP 3.4 §4.6.2, no await between):
         # from now on, an identical deliver_sm is not a resend of this one.
@@ -249,11 +256,14 @@ class InboundSmsService:
         marks, self._answered = list(self._answered), set()
         if not marks:
             return
+        self._writing.update(marks)
         try:
             await self.db.write(lambda conn: store.mark_answered(conn, marks))
         except BaseException:
             self._answered.update(marks)
             raise
+        finally:
+            self._writing.difference_update(marks)
 
     async def purge_fingerprints(self) -> int:
         """Forget fingerprints older than the duplicate window (they no longer count anyway)."""
