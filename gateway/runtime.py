@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -30,12 +31,16 @@ from prometheus_client import Gauge
 from gateway import __version__
 from gateway import config as config_mod
 from gateway.config import Config, ConfigError, SmppConnectorConfig
+from gateway.domain.inbound_mail import InboundMailSink
 from gateway.domain.receipts import MessageIdType, normalize_message_id
 from gateway.domain.webhooks import Resolver, RetrySchedule
 from gateway.http.app import build_app
 from gateway.http.context import ApiContext
 from gateway.http.webhook_client import AiohttpWebhookSender, system_resolver
+from gateway.imap.poller import ImapPoller
+from gateway.imap.wiring import imap_metrics, imap_ready, pollers_from_config
 from gateway.logs import setup_logging
+from gateway.mailauth import authserv_id, build_verifier
 from gateway.sdnotify import Notifier
 from gateway.services.bounces import BounceService
 from gateway.services.contacts import ContactService
@@ -44,6 +49,7 @@ from gateway.services.delivery import SmsDelivery
 from gateway.services.email_send import EmailSender
 from gateway.services.events import EventHub
 from gateway.services.inbound import InboundSettings, InboundSmsService
+from gateway.services.inbound_email import InboundEmailService, InboundEmailSettings
 from gateway.services.jobrunner import JobRunner
 from gateway.services.maintenance import Maintenance, Retention
 from gateway.services.outbound import (
@@ -57,17 +63,19 @@ from gateway.services.outbound import (
 from gateway.services.sms_submit import SmsSubmitter
 from gateway.services.tenants import TenantService
 from gateway.services.webhooks import WebhookDispatcher, WebhookSettings, check_webhook_url
+from gateway.smpp.listener import SmppListener, server_ssl_context
 from gateway.smpp.pool import ConnectorPool
 from gateway.smpp.session import SmppSession
 from gateway.smpp.types import DeliverSm, to_inbound
 from gateway.smtp.addresses import check_deliverability
 from gateway.smtp.dkim import load_signer
-from gateway.smtp.errors import DkimKeyError
+from gateway.smtp.errors import DkimKeyError, SmtpTlsError
 from gateway.smtp.handler import InboundHandler
 from gateway.smtp.relay import RelaySettings, SmtpRelay
-from gateway.smtp.server import SmtpListener
+from gateway.smtp.server import SmtpLimits, SmtpListener
 from gateway.storage import senders
 from gateway.storage import webhooks as webhooks_repo
+from gateway.storage.attachment_files import AttachmentFiles
 from gateway.storage.db import Database
 from gateway.storage.jobs import JobQueue, RetryPolicy
 from gateway.storage.migrate import current_revision, head_revision
@@ -119,6 +127,11 @@ class Runtime:
     webhooks: WebhookDispatcher | None = None
     smtp_port: int | None = None
     email_relay: SmtpRelay | None = None
+    #: What inbound email (SMTP and IMAP) is handed to: _start_email builds the inbound-email
+    #: service (issue 6) unless a test injected one. None: email is off (no IMAP pollers).
+    inbound_mail: InboundMailSink | None = None
+    imap_pollers: list[ImapPoller] = field(default_factory=list)
+    smpp_listeners: list[SmppListener] = field(default_factory=list)
     _reload: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def run(self) -> None:
@@ -224,6 +237,7 @@ class Runtime:
         # Stopped in reverse order: HTTP stops accepting first, then jobs finish, then SMPP unbinds.
         await self._start_smpp(stack, ctx)
         await self._start_email(stack, ctx)
+        await self._start_imap(stack, ctx)
         await self._start_jobs(stack, ctx, runner)
         self._start_maintenance(stack, ctx, queue)
         await self._start_webhooks(stack, ctx)
@@ -234,7 +248,8 @@ class Runtime:
         cfg = self.config
         if not cfg.smpp.connectors:
             log.warning("no [[smpp.connectors]] configured: SMS messages stay queued until one is")
-            return
+            if not cfg.smpp.listeners:  # carriers binding to us still bring MO and receipts
+                return
         id_types = {c.name: MessageIdType(c.message_id_type) for c in cfg.smpp.connectors}
 
         def id_key(connector: str, raw: str, source: str) -> str:
@@ -287,7 +302,8 @@ class Runtime:
 
         async def ready() -> tuple[bool, dict[str, Any]]:
             binds = pool.snapshot()
-            return (not task.done() and any(b["state"] == "bound" for b in binds)), {"binds": binds}
+            up = not cfg.smpp.connectors or (not task.done() and any(b["state"] == "bound" for b in binds))
+            return up, {"binds": binds}
 
         ctx.ready_checks["smpp"] = ready
         self._smpp_metrics(ctx, pool, delivery)
@@ -327,6 +343,102 @@ class Runtime:
                 mo_gauge.labels(outcome).set(n)
 
         ctx.metrics_refreshers.append(mo_metrics)
+        if cfg.smpp.listeners:
+
+            async def listener_deliver(name: str, pdu: DeliverSm) -> None:
+                await delivery.on_inbound(to_inbound(name, pdu))
+
+            await self._start_smpp_listeners(stack, ctx, pool, listener_deliver)
+
+    async def _start_smpp_listeners(
+        self,
+        stack: contextlib.AsyncExitStack,
+        ctx: ApiContext,
+        pool: ConnectorPool,
+        on_deliver: Callable[[str, DeliverSm], Awaitable[None]],
+    ) -> None:
+        """Issue 9: [[smpp.listeners]], where carriers outbind or bind to us (gateway/smpp/listener.py).
+        Registered after the pool, so they unbind before it stops."""
+        cfg = self.config
+        connectors = {c.name: c for c in cfg.smpp.connectors}
+        listeners: list[SmppListener] = []
+        for lc in cfg.smpp.listeners:
+            try:
+                context = server_ssl_context(lc.tls_cert_file, lc.tls_key_file) if lc.tls_cert_file else None
+            except (OSError, ssl.SSLError) as exc:
+                why = f"smpp listener {lc.name}: cannot load its TLS certificate: {exc}"
+                raise StartupError(why) from None
+            listener = SmppListener(
+                lc, on_deliver=on_deliver, connectors=connectors, pool=pool, ssl_context=context
+            )
+            try:
+                await listener.start()
+            except OSError as exc:
+                raise StartupError(f"cannot listen on smpp {lc.host}:{lc.port}: {exc.strerror}") from None
+            # Leave the stack's deadline a margin: what is still running then is cancelled anyway.
+            timeout = max(1.0, cfg.daemon.shutdown_timeout_seconds - 1.0)
+            run = functools.partial(listener.run, timeout=timeout)
+            self._background(stack, f"smpp-listener-{lc.name}", run)
+            listeners.append(listener)
+        self.smpp_listeners = listeners
+
+        async def ready() -> tuple[bool, dict[str, Any]]:
+            snaps = [listener.snapshot() for listener in listeners]
+            return all(snap["serving"] for snap in snaps), {"listeners": snaps}
+
+        ctx.ready_checks["smpp_listeners"] = ready
+        bound = Gauge(
+            "gateway_smpp_listener_sessions",
+            "Carrier sessions bound to our SMPP listeners",
+            ["listener", "carrier"],
+            registry=ctx.registry,
+        )
+        events = Gauge(
+            "gateway_smpp_listener_connections",
+            "Listener connections since start by outcome (bind, outbind, bind_failed, rejected_network...)",
+            ["listener", "outcome"],
+            registry=ctx.registry,
+        )
+        carrier_events = Gauge(
+            "gateway_smpp_listener_carrier_events",
+            "Per carrier: binds, outbinds, failed credentials, over the connection limit, since start",
+            ["listener", "carrier", "outcome"],
+            registry=ctx.registry,
+        )
+
+        async def refresh() -> None:
+            for listener in listeners:
+                snap = listener.snapshot()
+                for outcome, n in snap["counters"].items():
+                    events.labels(snap["name"], outcome).set(n)
+                for carrier in snap["carriers"]:
+                    bound.labels(snap["name"], carrier["system_id"]).set(carrier["bound"])
+                    for outcome, n in carrier["counters"].items():
+                        carrier_events.labels(snap["name"], carrier["system_id"], outcome).set(n)
+
+        ctx.metrics_refreshers.append(refresh)
+
+    async def _start_imap(self, stack: contextlib.AsyncExitStack, ctx: ApiContext) -> None:
+        """Issue 6: a poller per [[imap.pollers]] (gateway/imap), handing mail to ``inbound_mail``."""
+        cfg = self.config
+        if not cfg.imap.pollers:
+            return
+        sink = self.inbound_mail
+        if sink is None:  # _start_email builds it when email is on
+            raise StartupError("smtp.message_id_secret must be set for [[imap.pollers]] (email is off)")
+        tenants = ctx.tenants
+
+        async def tenant_address(tenant_id: str) -> str:
+            return tenants.mailbox_address((await tenants.get(tenant_id)).mailbox_prefix)
+
+        try:
+            pollers = pollers_from_config(cfg, sink, tenant_address=tenant_address, clock=self.clock)
+        except (OSError, ssl.SSLError) as exc:
+            raise StartupError(f"imap: cannot load a poller's ca_file: {exc}") from None
+        tasks = [self._background(stack, f"imap-{p.settings.name}", p.run) for p in pollers]
+        self.imap_pollers = pollers
+        ctx.ready_checks["imap"] = imap_ready(pollers, lambda: not any(t.done() for t in tasks))
+        ctx.metrics_refreshers.append(imap_metrics(ctx.registry, pollers))
 
     def _email_settings(self) -> EmailSettings | None:
         """What accepting email needs; None (the email channel refused) without a Message-ID key."""
@@ -394,23 +506,57 @@ class Runtime:
         else:
             log.warning("no [relay] host configured: email messages stay queued until one is")
         bounces = BounceService(ctx.db, self.clock)
+        if self.inbound_mail is None:  # tests may inject their own sink
+            data_dir = Path(cfg.storage.data_dir)
+            self.inbound_mail = InboundEmailService(
+                ctx.db,
+                self.clock,
+                InboundEmailSettings(
+                    mail_domain=cfg.smtp.mail_domain,
+                    message_id_key=key,
+                    reply_window=timedelta(days=cfg.sms.reply_window_days),
+                    authserv_id=authserv_id(cfg),
+                    data_dir=data_dir,
+                ),
+                verifier=build_verifier(cfg),
+                files=AttachmentFiles(data_dir / "attachments"),
+            )
         handler: InboundHandler | None = None
         if cfg.smtp.enabled:
-            handler = InboundHandler(mail_domain=cfg.smtp.mail_domain, verp_key=key, bounces=bounces)
+            inbound = self.inbound_mail if isinstance(self.inbound_mail, InboundEmailService) else None
+            handler = InboundHandler(
+                mail_domain=cfg.smtp.mail_domain, verp_key=key, bounces=bounces, inbound=inbound
+            )
             listener = SmtpListener(
                 handler,
                 host=cfg.smtp.host,
                 port=cfg.smtp.port,
                 hostname=cfg.smtp.mail_domain,
                 max_message_bytes=cfg.smtp.max_message_bytes,
+                limits=SmtpLimits(
+                    max_recipients=cfg.smtp.max_recipients,
+                    max_connections=cfg.smtp.max_connections,
+                    max_connections_per_ip=cfg.smtp.max_connections_per_ip,
+                    connection_rate_per_ip=cfg.smtp.connection_rate_per_ip,
+                    exempt_networks=cfg.smtp.limit_exempt_networks,
+                    idle_timeout=cfg.smtp.idle_timeout_seconds,
+                    max_session_seconds=cfg.smtp.max_session_seconds,
+                    max_commands=cfg.smtp.max_commands,
+                    max_errors=cfg.smtp.max_errors,
+                ),
+                tls_cert=cfg.smtp.tls_cert,
+                tls_key=cfg.smtp.tls_key,
             )
             try:
                 self.smtp_port = await listener.start()
+            except SmtpTlsError as exc:
+                raise StartupError(str(exc)) from None
             except OSError as exc:
                 raise StartupError(
                     f"cannot listen on smtp {cfg.smtp.host}:{cfg.smtp.port}: {exc.strerror}"
                 ) from None
             stack.push_async_callback(listener.stop, cfg.daemon.shutdown_timeout_seconds)
+            ctx.metrics_refreshers.append(listener.metrics(ctx.registry))
 
             async def smtp_ready() -> tuple[bool, dict[str, Any]]:
                 return listener.serving, {"port": listener.port, "sessions": len(listener.sessions)}

@@ -27,6 +27,7 @@ from gateway.config._rules import (
 from gateway.config._schema import (
     _ENTRY_KEY,
     Config,
+    is_loopback,
 )
 
 # --------------------------------------------------------------------------------------------
@@ -185,6 +186,14 @@ def _cross_checks(cfg: Config, ctx: _Ctx) -> None:
     _unique_names("smpp.connectors", [c.name for c in cfg.smpp.connectors], ctx)
     _unique_names("smpp.listeners", [li.name for li in cfg.smpp.listeners], ctx)
     _unique_names("imap.pollers", [p.name for p in cfg.imap.pollers], ctx)
+    for pi, poller in enumerate(cfg.imap.pollers):
+        base = f"imap.pollers[{pi}]"
+        if poller.tls == "none" and not is_loopback(poller.host):
+            raise ctx.error(f"{base}.tls", '"none" would send the password in clear: use "tls" or "starttls"')
+        if poller.on_success == f"move:{poller.mailbox}":
+            raise ctx.error(f"{base}.on_success", "must move to a folder other than the polled mailbox")
+        if poller.retry_max_seconds < poller.retry_base_seconds:
+            raise ctx.error(f"{base}.retry_max_seconds", "must be >= retry_base_seconds")
     connector_names = {c.name for c in cfg.smpp.connectors}
     for li, listener in enumerate(cfg.smpp.listeners):
         seen: dict[str, int] = {}
@@ -201,6 +210,13 @@ def _cross_checks(cfg: Config, ctx: _Ctx) -> None:
                 raise ctx.error(
                     f"{base}.connector", f"no smpp connector named {carrier.connector!r} is configured"
                 )
+            if carrier.outbind and not carrier.connector:
+                # We bind back with the credentials of our account at that carrier (SMPP 3.4 §2.2.1).
+                why = "must name the connector to bind back with when outbind = true"
+                raise ctx.error(f"{base}.connector", why)
+        if bool(listener.tls_cert_file) != bool(listener.tls_key_file):
+            why = "tls_cert_file and tls_key_file go together"
+            raise ctx.error(f"smpp.listeners[{li}].tls_key_file", why)
     if cfg.queue.retry_max_seconds < cfg.queue.retry_base_seconds:
         raise ctx.error("queue.retry_max_seconds", "must be >= queue.retry_base_seconds")
     if cfg.webhooks.retry_max_seconds < cfg.webhooks.retry_base_seconds:

@@ -22,6 +22,7 @@ from gateway.config._rules import (
     _check_regions,
     _check_schema,
     _check_secret,
+    _Invalid,
     _lower,
     _norm_region,
     _opt,
@@ -62,6 +63,19 @@ class SmtpConfig:
     message_id_secret: str = _opt("", secret=True, normalize=_check_secret)
     # Also look the recipient's domain up in DNS (MX/A) when a message is accepted.
     check_deliverability: bool = _opt(False)
+    # STARTTLS (RFC 3207) on the inbound listener: PEM certificate chain and key, both or neither.
+    tls_cert: str = _opt("")
+    tls_key: str = _opt("")
+    # Inbound session limits (gateway.smtp.server.SmtpLimits); 0 turns a count or rate off.
+    max_recipients: int = _opt(100, ge=1)  # per transaction; RFC 5321 §4.5.3.1.8 asks for >= 100
+    max_connections: int = _opt(100, ge=0)
+    max_connections_per_ip: int = _opt(20, ge=0)
+    connection_rate_per_ip: int = _opt(60, ge=0)  # new connections per minute (IPv6: per /64)
+    limit_exempt_networks: tuple[str, ...] = _opt(("127.0.0.0/8", "::1/128"), normalize=_check_networks)
+    idle_timeout_seconds: float = _opt(300.0, gt=0)
+    max_session_seconds: float = _opt(1800.0, ge=0)
+    max_commands: int = _opt(10000, ge=0)
+    max_errors: int = _opt(20, ge=0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +136,14 @@ class SmppCarrierConfig:
     password: str = _opt("", secret=True, max_len=8)
     networks: tuple[str, ...] = _opt(("127.0.0.1/32",), normalize=_check_networks)
     connector: str = _opt("")  # "" = no pinned connector; otherwise must name one (cross-checked)
+    # At most this many sessions (binds or outbinds) of this carrier at once; more: ESME_RBINDFAIL.
+    max_connections: int = _opt(2, ge=1, le=100)
+    # Accept its outbind (SMPP 3.4 §2.2.1): we bind back with the connector's system_id/password
+    # (so connector is required), as a "receiver", or a "transceiver" that also carries our submits.
+    outbind: bool = _opt(False)
+    outbind_bind: str = _opt("receiver", choices=("receiver", "transceiver"))
+    # submit_sm from this carrier are MO/receipts like deliver_sm (else submit_sm_resp ESME_RINVCMDID).
+    accept_submit: bool = _opt(False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +152,14 @@ class SmppListenerConfig:
     host: str = _opt("127.0.0.1", nonempty=True, normalize=_check_host)
     port: int = _opt(0, required=True, **_PORT)
     carriers: tuple[SmppCarrierConfig, ...] = _opt(())
+    system_id: str = _opt("gateway", nonempty=True, max_len=15)  # ours, in bind_*_resp
+    tls_cert_file: str = _opt("")  # PEM; with tls_key_file: TLS from the first byte ("" = plain TCP)
+    tls_key_file: str = _opt("")
+    bind_timeout_seconds: float = _opt(10.0, gt=0, le=300)  # connect to bound (TLS included)
+    enquire_link_seconds: float = _opt(30.0, gt=0)
+    response_timeout_seconds: float = _opt(30.0, gt=0)  # for our enquire_link/unbind, then reset
+    # Inbound messages of one session being processed at once; the excess is refused (resent later).
+    window: int = _opt(10, ge=1, le=1000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,21 +233,74 @@ class WebhooksConfig:
     lease_seconds: float = _opt(60.0, ge=1)  # a daemon owns a tenant's delivery this long, renewed
 
 
+def _check_imap_mailbox(value: str) -> str:
+    # RFC 3501 5.1.3: names on the wire are 7-bit (international ones in modified UTF-7).
+    if not value or not all(" " <= c <= "~" for c in value):
+        raise _Invalid("must be printable ASCII (write international names in IMAP modified UTF-7)")
+    return value
+
+
+def _check_imap_on_success(value: str) -> str:
+    if value == "flag":
+        return value
+    if value.startswith("move:"):
+        return "move:" + _check_imap_mailbox(value[5:])
+    raise _Invalid('must be "flag" or "move:<folder>"')
+
+
 @dataclass(frozen=True, slots=True)
 class ImapPollerConfig:
+    """A mailbox the gateway reads replies from (gateway/imap; docs/decisions.md "IMAP ingress")."""
+
     name: str = _opt("", required=True, normalize=_check_name)
     host: str = _opt("", required=True, normalize=_check_host)
     port: int = _opt(993, **_REMOTE_PORT)
-    tls: bool = _opt(True)
+    # "tls": TLS from the first byte (RFC 8314, port 993); "starttls" (RFC 3501 6.2.1, port 143,
+    # refused if the server does not offer it); "none": plain text, loopback hosts only.
+    tls: str = _opt("tls", choices=("tls", "starttls", "none"))
+    ca_file: str = _opt("")  # extra CA bundle to verify the server's certificate ("" = system CAs)
     username: str = _opt("", required=True)
     password: str = _opt("", secret=True)
-    mailbox: str = _opt("INBOX", nonempty=True)
-    interval_seconds: float = _opt(60.0, gt=0)
+    mailbox: str = _opt("INBOX", normalize=_check_imap_mailbox)
+    # A tenant id: every message goes to that tenant's current address. "" = route by recipient
+    # (Delivered-To / X-Original-To, else To / Cc addresses at smtp.mail_domain).
+    tenant: str = _opt("", max_len=64)
+    # After the gateway committed a message: "flag" (\Seen and $GatewayProcessed) or "move:<folder>".
+    on_success: str = _opt("flag", normalize=_check_imap_on_success)
+    interval_seconds: float = _opt(60.0, gt=0)  # polling period when the server has no IDLE
+    # IDLE is re-issued this often (RFC 2177: at most 29 minutes; NATs often forget sooner).
+    idle_timeout_seconds: float = _opt(300.0, gt=0, le=1740)
+    timeout_seconds: float = _opt(30.0, gt=0)  # connect, greeting, and each command
+    retry_base_seconds: float = _opt(5.0, gt=0)  # backoff after errors: doubles, jittered
+    retry_max_seconds: float = _opt(300.0, gt=0)  # cross-checked: >= retry_base_seconds
 
 
 @dataclass(frozen=True, slots=True)
 class ImapConfig:
     pollers: tuple[ImapPollerConfig, ...] = _opt(())
+
+
+def _check_nameservers(values: tuple[str, ...]) -> tuple[str, ...]:
+    out: list[str] = []
+    for i, value in enumerate(values):
+        try:
+            out.append(str(ipaddress.ip_address(value.strip())))  # dnspython wants addresses
+        except ValueError:
+            raise _Invalid(f"{value!r} is not an IP address", f"[{i}]") from None
+    return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class MailAuthConfig:
+    """Sender verification of inbound email (gateway/mailauth; docs/decisions.md "Sender verification")."""
+
+    # The authserv-id of the Authentication-Results we write (RFC 8601 §2.5); "" = smtp.mail_domain.
+    authserv_id: str = _opt("", normalize=_check_optional_domain)
+    nameservers: tuple[str, ...] = _opt((), normalize=_check_nameservers)  # () = /etc/resolv.conf
+    dns_port: int = _opt(53, **_REMOTE_PORT)
+    dns_timeout_seconds: float = _opt(5.0, gt=0, le=60)  # one lookup, retries included
+    timeout_seconds: float = _opt(20.0, gt=0, le=300)  # all of SPF (RFC 7208 §4.6.4), all of DKIM
+    max_dkim_signatures: int = _opt(10, ge=1, le=50)  # more on one message are not looked at
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +317,7 @@ class Config:
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     imap: ImapConfig = field(default_factory=ImapConfig)
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
+    mailauth: MailAuthConfig = field(default_factory=MailAuthConfig)
     # Which file was loaded (None = built-in defaults). Not a TOML section: the loader and
     # to_masked_dict skip fields marked "internal".
     source: Path | None = field(default=None, metadata={"internal": True})
@@ -279,6 +363,9 @@ def email_problem(config: Config) -> tuple[str, str] | None:
         return "dkim.ed25519_selector", "must be set when dkim.ed25519_private_key_file is"
     if config.dkim.ed25519_private_key_file and config.dkim.ed25519_selector == config.dkim.selector:
         return "dkim.ed25519_selector", "must differ from dkim.selector (each key has its own DNS record)"
+    if bool(config.smtp.tls_cert) != bool(config.smtp.tls_key):
+        missing = "smtp.tls_key" if config.smtp.tls_cert else "smtp.tls_cert"
+        return missing, "smtp.tls_cert and smtp.tls_key are set together (STARTTLS needs both)"
     relay = config.relay
     if relay.username and not (relay.starttls or relay.implicit_tls) and not is_loopback(relay.host):
         return "relay.username", "AUTH without TLS would send the password in clear: enable relay.starttls"

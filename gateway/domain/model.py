@@ -53,6 +53,8 @@ class Tenant:
     #: Further alphanumeric headers a message may choose with ``sms_sender`` (the default is
     #: ``sms_alphanumeric``); only for the alphanumeric mode.
     sms_alphanumeric_allowed: tuple[str, ...] = ()
+    #: Inbound email without an aligned DKIM/SPF pass is refused (``sender_unverified``, issue 6).
+    require_verified_sender: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,7 @@ domain code never formats protocol replies.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 from gateway.domain.model import Contact, Phone
@@ -99,3 +99,74 @@ def check_email(contact: Contact | None, address: EmailTarget | Deny, *, categor
     if category == "marketing" and (contact is None or not contact.consent.marketing):
         return Deny("no_marketing_consent", "marketing needs the contact's marketing consent")
     return address
+
+
+# --- inbound email (issue 6, SPEC 1 "Policy") ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SenderContact:
+    """One of the tenant's contacts that has the sender's address (as stored: ``pk``, ``blocked``)."""
+
+    pk: int
+    blocked: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class EmailSenderAllowed:
+    """The sender may write to the tenant: as a contact (``contacts``, oldest first; which one the
+    message is linked to is the threading decision's) and/or from a trusted domain (``trusted_domain``
+    is the tenant's entry that covers the address, for linking to no contact)."""
+
+    address: str
+    contacts: tuple[SenderContact, ...]
+    trusted_domain: str | None
+
+
+def trusted_domain_for(domain: str, trusted_domains: Collection[str]) -> str | None:
+    """The tenant's trusted domain covering ``domain`` (itself or a parent domain), most specific
+    first; None when none does. ``mail.example.com`` is covered by ``example.com``; ``badexample.com``
+    is not (labels are compared whole)."""
+    d = domain.lower().rstrip(".")
+    best: str | None = None
+    for t in trusted_domains:
+        t = t.lower().rstrip(".")
+        if t and (d == t or d.endswith("." + t)) and (best is None or len(t) > len(best)):
+            best = t
+    return best
+
+
+def check_email_sender(
+    address: str | None,
+    *,
+    contacts: Sequence[SenderContact],
+    trusted_domains: Collection[str],
+) -> EmailSenderAllowed | Deny:
+    """Who may write to a tenant: the From address is an email of one of its contacts, or its domain
+    (or a parent domain) is trusted. Anything else is ``sender_not_allowed``. A blocked contact is
+    refused later (``contact_blocked``), once threading has said which contact the mail is from."""
+    if not address or "@" not in address:
+        return Deny("sender_not_allowed", "the message has no usable From address")
+    address = address.lower()
+    trusted = trusted_domain_for(address.rpartition("@")[2], trusted_domains)
+    if not contacts and trusted is None:
+        return Deny(
+            "sender_not_allowed", f"{address} is not a contact's address and its domain is not trusted"
+        )
+    return EmailSenderAllowed(address, tuple(contacts), trusted)
+
+
+def auto_reply_marker(header: Callable[[str], str | None]) -> str | None:
+    """Why a message is an automatic reply (RFC 3834 §5 ``Auto-Submitted`` other than ``no``; the
+    older ``X-Autoreply`` / ``X-Autorespond`` / ``Precedence: auto_reply``), or None. ``header``
+    returns a field's first value. Inbound email keeps such mail in its thread, marked, without
+    announcing it (an out-of-office answer is no customer writing back)."""
+    auto = (header("Auto-Submitted") or "").strip()
+    if auto and auto.split(";")[0].strip().lower() != "no":
+        return f"Auto-Submitted: {auto[:100]}"
+    for name in ("X-Autoreply", "X-Autorespond"):
+        if (header(name) or "").strip():
+            return f"{name}: {(header(name) or '').strip()[:100]}"
+    if (header("Precedence") or "").strip().lower() == "auto_reply":
+        return "Precedence: auto_reply"
+    return None

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
+from gateway.domain.mailauth import AuthVerdict
+
 SubmitOutcome = Literal["ok", "failed", "unknown", "retry", "no_route"]
 
 
@@ -104,3 +106,19 @@ class EmailTransport(Protocol):
     """Relays composed emails (gateway.smtp.relay.SmtpRelay implements it)."""
 
     async def send(self, mail: OutgoingEmail) -> RelayResult: ...
+
+
+class SenderVerifier(Protocol):
+    """Checks who sent an inbound email: SPF for the envelope sender, every DKIM signature, DMARC
+    for the From domain (gateway.mailauth.MailVerifier implements it; issue 6 anti-spoofing).
+    ``client_ip`` is None for mail fetched over IMAP (SPF is then ``none``)."""
+
+    async def verify(
+        self,
+        raw: bytes,
+        *,
+        mail_from: str,
+        helo: str | None,
+        client_ip: str | None,
+        from_domain: str | None,
+    ) -> AuthVerdict: ...

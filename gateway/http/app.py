@@ -11,9 +11,12 @@ from aiohttp import web
 from prometheus_client import Counter, Histogram
 
 from gateway.http import (  # noqa: F401 - importing them registers their routes
+    routes_attachments,
     routes_contacts,
     routes_messages,
     routes_ops,
+    routes_rules,
+    routes_templates,
     routes_tenants,
     routes_threads,
 )

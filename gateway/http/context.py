@@ -13,6 +13,7 @@ from gateway import __version__
 from gateway.http.routing import Api
 from gateway.services.contacts import ContactService
 from gateway.services.conversations import ConversationService
+from gateway.services.notify import NotifyService
 from gateway.services.outbound import MessageQueries, OutboundService
 from gateway.services.tenants import TenantService
 from gateway.storage.db import Database
@@ -38,6 +39,8 @@ class ApiContext:
     metrics_refreshers: list[MetricsRefresher] = field(default_factory=list)
     #: Threads, lists, the event feed and webhook state (issue 7); the daemon always sets it.
     conversations: ConversationService | None = None
+    #: Templates, timing, dedupe, rules (issue 8); None: built on first use from ``outbound``.
+    notify: NotifyService | None = None
 
 
 CTX = web.AppKey("ctx", ApiContext)

@@ -7,8 +7,12 @@ from typing import Any
 from aiohttp import web
 
 from gateway.http.context import API, CTX
-from gateway.http.routing import Auth, Principal
+from gateway.http.errors import ApiError
+from gateway.http.routes_templates import notify_of
+from gateway.http.routing import Auth, Principal, QueryParam
 from gateway.http.schemas import EmailOut, MessageCreate, MessageOut, MessagesAccepted, SmsInfo, SmsPartOut
+from gateway.http.schemas_notify import MessagesCancelled
+from gateway.services.notify import NotifyOptions
 from gateway.services.outbound import SendRequest, request_hash
 
 
@@ -42,10 +46,21 @@ async def send_message(request: web.Request, principal: Principal, body: Message
         send_at=body.send_at,
         idempotency_key=body.idempotency_key,
         sms_sender=body.sms_sender,
+        dedupe_key=body.dedupe_key,
     )
-    status, result = await ctx.outbound.send(
-        _tenant(principal), req, request_hash(body.model_dump(mode="json", exclude_unset=True))
+    # Issue 8: template, delay, business hours -> the plain request (no I/O when none is used).
+    options = NotifyOptions(
+        template=body.template,
+        variables=body.variables,
+        delay=body.delay,
+        business_hours_only=body.business_hours_only,
+        location=body.location,
     )
+    if not options.empty:
+        req = await notify_of(ctx).prepare(_tenant(principal), req, options)
+    # The body's hash only matters for an idempotency key (a repeat must be the same request).
+    digest = request_hash(body.model_dump(mode="json", exclude_unset=True)) if body.idempotency_key else ""
+    status, result = await ctx.outbound.send(_tenant(principal), req, digest)
     return web.json_response(text=MessagesAccepted.model_validate(result).model_dump_json(), status=status)
 
 
@@ -120,3 +135,28 @@ async def cancel_message(request: web.Request, principal: Principal) -> web.Resp
     message = await ctx.messages.cancel(_tenant(principal), request.match_info["message_id"])
     _, parts = await ctx.messages.get(_tenant(principal), message["id"])
     return web.json_response(text=_message_out(message, parts).model_dump_json())
+
+
+@API.route(
+    "DELETE",
+    "/v1/messages",
+    summary="Cancel the queued or scheduled messages a dedupe_key names (credits come back)",
+    auth=Auth.TENANT,
+    responses={200: MessagesCancelled},
+    query=(QueryParam("dedupe_key", "the key given when the messages were sent", required=True),),
+    tag="messages",
+)
+async def cancel_by_dedupe_key(request: web.Request, principal: Principal) -> web.Response:
+    ctx = request.app[CTX]
+    unknown = set(request.query) - {"dedupe_key"}
+    key = request.query.get("dedupe_key", "")
+    if unknown or not key:
+        name = sorted(unknown)[0] if unknown else "dedupe_key"
+        reason = "unknown query parameter" if unknown else "is required"
+        raise ApiError(422, "validation_error", f"{name}: {reason}", {"field": name})
+    cancelled = await notify_of(ctx).cancel_key(_tenant(principal), key)
+    out = []
+    for message in cancelled:
+        _, parts = await ctx.messages.get(_tenant(principal), message["id"])
+        out.append(_message_out(message, parts))
+    return web.json_response(text=MessagesCancelled(messages=out).model_dump_json())

@@ -41,6 +41,7 @@ async def create_tenant(request: web.Request, principal: Principal, body: Tenant
             webhook_url=body.webhook_url,
             business_hours=body.business_hours,
             sms_keywords=body.sms_keywords.model_dump() if body.sms_keywords else None,
+            require_verified_sender=body.require_verified_sender,
         ),
         sms_credits=body.sms_credits,
     )
@@ -116,6 +117,7 @@ async def patch_tenant(request: web.Request, principal: Principal, body: TenantP
         webhook_url=body.webhook_url,
         business_hours=body.business_hours,
         sms_keywords=body.sms_keywords.model_dump() if body.sms_keywords else None,
+        require_verified_sender=body.require_verified_sender,
     )
     tenant = await ctx.tenants.update(tenant_id, changes, fields)
     return _json(tenant_out(tenant, ctx.tenants.mail_domain))

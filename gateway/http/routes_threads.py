@@ -1,6 +1,6 @@
 """Conversation routes (issue 7): threads, the operators' message list, drop records, the event feed
-with long-polling, webhook delivery state, stored attachments. All read-only; every list is
-keyset-paginated with an opaque ``cursor`` (``next_cursor`` of the previous page)."""
+with long-polling, webhook delivery state (attachment downloads: routes_attachments). All read-only;
+every list is keyset-paginated with an opaque ``cursor`` (``next_cursor`` of the previous page)."""
 
 from __future__ import annotations
 
@@ -252,26 +252,7 @@ async def get_thread(request: web.Request, principal: Principal) -> web.Response
     return _json(out)
 
 
-@API.route(
-    "GET",
-    "/v1/attachments/{attachment_id}",
-    summary="A stored attachment's bytes, with its content type",
-    auth=Auth.TENANT,
-    responses={200: "the file", 409: "the attachment was only listed, not stored"},
-    tag="threads",
-)
-async def get_attachment(request: web.Request, principal: Principal) -> web.StreamResponse:
-    row, path = await _service(request).attachment(_tenant(principal), request.match_info["attachment_id"])
-    filename = (row["filename"] or row["id"]).replace('"', "")
-    return web.FileResponse(
-        path,
-        headers={
-            "Content-Type": row["content_type"],
-            # Never rendered inline: an HTML attachment must not run in the API's origin.
-            "Content-Disposition": f'attachment; filename="{filename}"',
-            "X-Content-Type-Options": "nosniff",
-        },
-    )
+# GET /v1/attachments/{id}: gateway/http/routes_attachments.py.
 
 
 # --- messages and drops ----------------------------------------------------------------------------

@@ -104,6 +104,9 @@ class TenantCreate(Strict):
     sms_keywords: SmsKeywordsIn | None = Field(
         None, description="inbound SMS keywords (whole reply, trimmed, any case); null: the defaults"
     )
+    require_verified_sender: bool = Field(
+        False, description="refuse inbound email without an aligned DKIM or SPF pass (sender_unverified)"
+    )
 
 
 class SmsSenderPatch(Strict):
@@ -126,6 +129,7 @@ class TenantPatch(Strict):
     webhook_url: str | None = Field(None, max_length=2000)
     business_hours: dict[str, Any] | None = None
     sms_keywords: SmsKeywordsIn | None = Field(None, description="replaces both lists; null: the defaults")
+    require_verified_sender: bool | None = None
 
 
 class CreditsIn(Strict):
@@ -162,6 +166,9 @@ class TenantOut(Out):
     webhook_url: str | None
     business_hours: dict[str, Any] | None
     sms_keywords: SmsKeywordsOut = Field(description="the keyword lists in force (defaults filled in)")
+    require_verified_sender: bool = Field(
+        False, description="inbound email without an aligned DKIM or SPF pass is refused"
+    )
     created_at: datetime
     updated_at: datetime
 
@@ -260,7 +267,7 @@ class MessageCreate(Strict):
     contact_id: str | None = Field(None, max_length=100)
     to: ToIn | None = None
     channels: list[str] = Field(min_length=1, max_length=2, description='"sms" and/or "email"')
-    text: str = Field(max_length=10_000)
+    text: str = Field("", max_length=10_000, description="required unless template is given")
     subject: OneLine | None = Field(None, max_length=998, description="email; default: the first line")
     html: str | None = Field(None, max_length=1_000_000)
     context: ContextIn | None = None
@@ -272,6 +279,15 @@ class MessageCreate(Strict):
         None,
         max_length=11,
         description="alphanumeric tenants: the header to send, one of sms_sender.allowed; default: theirs",
+    )
+    # Issue 8 (gateway.services.notify): a template instead of text, timing, dedupe.
+    template: str | None = Field(None, min_length=1, max_length=64, description="replaces text/html")
+    variables: dict[str, Any] | None = Field(None, description="the template's variables")
+    delay: int | float | str | None = Field(None, description="seconds or ISO 8601 (PT15M); not with send_at")
+    business_hours_only: bool = Field(False, description="wait for the next opening of the business hours")
+    location: str | None = Field(None, max_length=64, description="whose business hours (a location's)")
+    dedupe_key: str | None = Field(
+        None, min_length=1, max_length=200, description="replaces the scheduled message with this key"
     )
 
 

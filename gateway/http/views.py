@@ -37,6 +37,7 @@ def tenant_out(t: Tenant, mail_domain: str) -> TenantOut:
         webhook_url=t.webhook_url,
         business_hours=t.business_hours,
         sms_keywords=SmsKeywordsOut(**keywords_from_json(t.sms_keywords).as_json()),
+        require_verified_sender=t.require_verified_sender,
         created_at=t.created_at,
         updated_at=t.updated_at,
     )

@@ -35,6 +35,7 @@ from gateway.domain.policy import (
 )
 from gateway.domain.senders import allocate
 from gateway.domain.udh import ReferenceCounter
+from gateway.services import dedupe
 from gateway.services.errors import ChannelsRefusedError, ConflictError, InvalidInputError, NotFoundError
 from gateway.services.normalize import parse_phone
 from gateway.storage import (
@@ -77,6 +78,10 @@ class SendRequest:
     idempotency_key: str | None = None
     #: Alphanumeric tenants: the header for this message, one of the tenant's allowed ones.
     sms_sender: str | None = None
+    #: Issue 8 (gateway.services.notify builds these): the email body when it differs from the SMS
+    #: ``text`` (a template's email part), and the dedupe key whose earlier messages this replaces.
+    email_text: str | None = None
+    dedupe_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +151,9 @@ class OutboundService:
             tenant = await tenants_repo.sending_profile(conn, tenant_id)
             if tenant is None:
                 raise NotFoundError("tenant", tenant_id)
+            if req.dedupe_key:
+                # Issue 8: cancel what the key names (credits back) before this request reserves.
+                await dedupe.take_over(conn, tenant_id, req.dedupe_key, now)
             contact, contact_pk = await self._recipient(conn, tenant_id, req, to_phone)
             refusals: dict[str, Deny] = {}
             sms_target: SmsTarget | None = None
@@ -201,6 +209,8 @@ class OutboundService:
             if not thread_created:
                 await repo.touch_thread(conn, thread_id, now)
             body = {"messages": out}
+            if req.dedupe_key:
+                await dedupe.bind(conn, tenant_id, req.dedupe_key, [m["id"] for m in out], now)
             if req.idempotency_key:
                 await repo.update_idempotent(conn, tenant_id, req.idempotency_key, 202, body)
             return 202, body
@@ -352,9 +362,10 @@ class OutboundService:
         # Answer the thread's newest inbound email, so the customer's mail client threads ours
         # under it (RFC 5322 §3.6.4); References are completed from the thread when it is sent.
         answered = await email_repo.latest_inbound(conn, thread_id)
+        text = req.email_text if req.email_text is not None else req.text
         subject = req.subject
         if subject is None:
-            subject = reply_subject(answered[1]) if answered and answered[1] else default_subject(req.text)
+            subject = reply_subject(answered[1]) if answered and answered[1] else default_subject(text)
         message_id = repo.new_id("msg")
         header_id = make_message_id(
             self.email.message_id_key,
@@ -376,7 +387,7 @@ class OutboundService:
                 "category": req.category,
                 "sender": sender,
                 "recipient": target.address,
-                "text": req.text,
+                "text": text,
                 "sms_encoding": None,
                 "sms_parts": None,
                 "send_at": req.send_at,

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from gateway.domain.mailbox import prefix_from_name, prefix_problem
 from gateway.domain.mo import KeywordProblem, check_keywords
 from gateway.domain.model import SenderMode, Tenant
+from gateway.domain.schedule import ScheduleError, parse_business_hours
 from gateway.services.errors import ConflictError, InvalidInputError, NotFoundError
 from gateway.services.normalize import normalize_domain
 from gateway.services.webhooks import check_webhook_url
@@ -60,6 +61,8 @@ class TenantSettings:
     business_hours: dict[str, Any] | None = None
     #: {"stop": [...], "start": [...]}; a missing list keeps the default. None: the defaults.
     sms_keywords: Mapping[str, Sequence[str] | None] | None = None
+    #: Refuse inbound email without an aligned DKIM/SPF pass (issue 6).
+    require_verified_sender: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,8 +140,9 @@ class TenantService:
                     "sms_credits": 0,
                     "webhook_url": settings.webhook_url,
                     "webhook_secret": webhook_secret,
-                    "business_hours": settings.business_hours,
+                    "business_hours": _check_hours(settings.business_hours),
                     "sms_keywords": keywords,
+                    "require_verified_sender": bool(settings.require_verified_sender),
                     "created_at": now,
                     "updated_at": now,
                 },
@@ -188,9 +192,13 @@ class TenantService:
             await self._check_webhook(changes.webhook_url)
             values["webhook_url"] = changes.webhook_url
         if "business_hours" in fields_set:
-            values["business_hours"] = changes.business_hours
+            values["business_hours"] = _check_hours(changes.business_hours)
         if "sms_keywords" in fields_set:
             values["sms_keywords"] = _check_keywords(changes.sms_keywords)
+        if "require_verified_sender" in fields_set:
+            if changes.require_verified_sender is None:
+                raise InvalidInputError("require_verified_sender", "must be true or false")
+            values["require_verified_sender"] = changes.require_verified_sender
         sender_fields = {"sms_sender_mode", "sms_alphanumeric", "sms_alphanumeric_allowed"}
         sender_touched = bool(sender_fields & fields_set)
         now = self.clock()
@@ -325,6 +333,16 @@ def _check_domains(domains: Sequence[str]) -> list[str]:
         if d not in out:
             out.append(d)
     return out
+
+
+def _check_hours(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Business hours (issue 8, gateway.domain.schedule): stored as given once they parse."""
+    if value is not None:
+        try:
+            parse_business_hours(value)
+        except ScheduleError as exc:
+            raise InvalidInputError(exc.field, exc.reason) from None
+    return value
 
 
 def _check_keywords(value: Mapping[str, Sequence[str] | None] | None) -> dict[str, list[str]] | None:

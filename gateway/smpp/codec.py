@@ -10,6 +10,12 @@ smpplib quirks handled here: it truncates over-long strings silently (we refuse 
 :class:`PduEncodeError`); it raises ``KeyError`` on a TLV it knows but not for that command, and only logs
 (then drops) TLVs it does not know, so inbound TLVs are split first: smpplib parses the ones it accepts for
 the command and the others are kept raw under their name or ``"0x%04x"`` tag.
+
+The listener side (:mod:`gateway.smpp.listener`, where carriers bind to us) also needs what an SMSC
+decodes and answers: ``bind_*`` and ``outbind`` requests are decoded here by hand (smpplib has no
+``outbind`` class and keeps the password out of its ``Pdu``), ``submit_sm`` decodes like ``deliver_sm``
+(same mandatory layout, SMPP 3.4 §4.4.1/§4.6.1), and the answers with a body (``bind_*_resp``,
+``submit_sm_resp``) are built with ``struct``: an error answer has no body (§4.1.2, §4.4.2).
 """
 
 from __future__ import annotations
@@ -39,14 +45,30 @@ MAX_SEQUENCE = 0x7FFFFFFF
 RESPONSE_BIT = 0x80000000
 
 ESME_ROK = 0x00
+ESME_RINVCMDLEN = 0x02
 ESME_RINVCMDID = 0x03
+ESME_RINVBNDSTS = 0x04
+ESME_RALYBND = 0x05
 ESME_RSYSERR = 0x08
+ESME_RBINDFAIL = 0x0D
 ESME_RMSGQFUL = 0x14
 ESME_RTHROTTLED = 0x58
 ESME_RX_T_APPN = 0x64
 ESME_RINVOPTPARSTREAM = 0xC0
 
 BindMode = Literal["transceiver", "transmitter", "receiver"]
+BIND_MODES: dict[str, BindMode] = {
+    "bind_transmitter": "transmitter",
+    "bind_receiver": "receiver",
+    "bind_transceiver": "transceiver",
+}
+_COMMAND_IDS = {
+    "bind_receiver": 0x01,
+    "bind_transmitter": 0x02,
+    "submit_sm": 0x04,
+    "bind_transceiver": 0x09,
+    "outbind": 0x0B,
+}
 
 _STATUS_NAMES: dict[int, str] = {
     value: name.removeprefix("SMPP_")
@@ -54,7 +76,11 @@ _STATUS_NAMES: dict[int, str] = {
     if name.startswith("SMPP_ESME_") and isinstance(value, int)
 }
 _TLV_NAMES: dict[int, str] = {code: name for name, code in _consts.OPTIONAL_PARAMS.items()}
-_MESSAGE_CLASSES: dict[str, Any] = {"deliver_sm": _command.DeliverSM, "data_sm": _command.DataSM}
+_MESSAGE_CLASSES: dict[str, Any] = {
+    "deliver_sm": _command.DeliverSM,
+    "data_sm": _command.DataSM,
+    "submit_sm": _command.SubmitSM,  # only a carrier bound to our listener sends one
+}
 _RESPONSES = ("enquire_link_resp", "unbind_resp", "deliver_sm_resp", "data_sm_resp", "generic_nack")
 
 
@@ -108,7 +134,9 @@ class Pdu:
     command_status: int
     sequence: int
     message_id: str | None = None  # submit_sm_resp, data_sm_resp
-    system_id: str | None = None  # bind_*_resp
+    system_id: str | None = None  # bind_*_resp; bind_* and outbind requests
+    password: str | None = None  # bind_* and outbind requests
+    system_type: str | None = None  # bind_* requests
 
     @property
     def is_response(self) -> bool:
@@ -276,6 +304,50 @@ def encode_response(command: str, sequence: int, status: int = ESME_ROK) -> byte
     return _build(command, sequence, status=status)
 
 
+def _header_only(command_id: int, sequence: int, status: int) -> bytes:
+    return HEADER.pack(HEADER_LENGTH, command_id, status, sequence)
+
+
+def _with_body(command_id: int, sequence: int, body: bytes) -> bytes:
+    return HEADER.pack(HEADER_LENGTH + len(body), command_id, ESME_ROK, sequence) + body
+
+
+def _c_octets(command: str, name: str, value: str, max_len: int) -> bytes:
+    _check_text(command, name, value, max_len)
+    return value.encode("ascii") + b"\0"
+
+
+def encode_bind_resp(mode: BindMode, sequence: int, status: int = ESME_ROK, *, system_id: str = "") -> bytes:
+    """``bind_<mode>_resp`` (§4.1.2-§4.1.6): our ``system_id`` and ``sc_interface_version`` 0x34 when
+    ``ESME_ROK``; a header alone otherwise."""
+    command_id = _COMMAND_IDS[f"bind_{mode}"] | RESPONSE_BIT
+    if status != ESME_ROK:
+        return _header_only(command_id, sequence, status)
+    body = _c_octets(f"bind_{mode}_resp", "system_id", system_id, 15) + struct.pack(">HHB", 0x0210, 1, 0x34)
+    return _with_body(command_id, sequence, body)
+
+
+def encode_submit_sm_resp(sequence: int, status: int = ESME_ROK, message_id: str = "") -> bytes:
+    """``submit_sm_resp`` (§4.4.2): the message id when ``ESME_ROK``, no body otherwise."""
+    command_id = _COMMAND_IDS["submit_sm"] | RESPONSE_BIT
+    if status != ESME_ROK:
+        return _header_only(command_id, sequence, status)
+    return _with_body(command_id, sequence, _c_octets("submit_sm_resp", "message_id", message_id, 64))
+
+
+def encode_outbind(sequence: int, *, system_id: str, password: str) -> bytes:
+    """``outbind`` (§4.1.7.1), what a carrier's SMSC sends to have us bind back."""
+    body = _c_octets("outbind", "system_id", system_id, 15) + _c_octets("outbind", "password", password, 8)
+    return _with_body(_COMMAND_IDS["outbind"], sequence, body)
+
+
+def encode_message_resp(command: str, sequence: int, status: int = ESME_ROK, message_id: str = "") -> bytes:
+    """The answer to an inbound ``deliver_sm``/``data_sm``/``submit_sm`` (``command``)."""
+    if command == "submit_sm":
+        return encode_submit_sm_resp(sequence, status, message_id)
+    return encode_response(f"{command}_resp", sequence, status)
+
+
 def _text(value: Any) -> str:
     if value is None:
         return ""
@@ -289,10 +361,11 @@ def _opt_text(value: Any) -> str | None:
 def decode(raw: bytes, seqgen: SequenceGenerator, *, received_at: datetime | None = None) -> Pdu | DeliverSm:
     """Decode one whole PDU (header included).
 
-    ``deliver_sm``/``data_sm`` become :class:`DeliverSm`, anything else a :class:`Pdu`. A response whose
-    body smpplib cannot parse still decodes (body fields None): the header is what matches it to its
-    request. Raises :class:`PduDecodeError` for a bad header, an unknown or unsupported request, or a
-    malformed ``deliver_sm``/``data_sm``; ``nack_status`` is the status for the ``generic_nack``.
+    ``deliver_sm``/``data_sm``/``submit_sm`` become :class:`DeliverSm`, anything else a :class:`Pdu`. A
+    response whose body smpplib cannot parse still decodes (body fields None): the header is what
+    matches it to its request. Raises :class:`PduDecodeError` for a bad header, an unknown or
+    unsupported request, or a malformed ``deliver_sm``/``data_sm``/``submit_sm``/``bind_*``/``outbind``;
+    ``nack_status`` is the status for the ``generic_nack``.
     """
     header = decode_header(raw)
     where = {"command_id": header.command_id, "sequence": header.sequence}
@@ -301,6 +374,8 @@ def decode(raw: bytes, seqgen: SequenceGenerator, *, received_at: datetime | Non
     name = header.command
     if name in _MESSAGE_CLASSES:
         return _decode_message(raw, header, name, seqgen, received_at or datetime.now(UTC))
+    if name == "outbind" or name in BIND_MODES:
+        return _decode_bind(raw, header, name)
     try:
         pdu = _smpp.parse_pdu(raw, client=seqgen, sequence=header.sequence, allow_unknown_opt_params=True)
     except Exception as exc:  # unknown/unsupported command, or a body smpplib chokes on
@@ -317,6 +392,33 @@ def decode(raw: bytes, seqgen: SequenceGenerator, *, received_at: datetime | Non
         message_id=_opt_text(getattr(pdu, "message_id", None)),
         system_id=_opt_text(getattr(pdu, "system_id", None)),
     )
+
+
+# SMPP 3.4 §4.1.1 / §4.1.7.1: the C-Octet String sizes, NUL included.
+_BIND_STRINGS = (("system_id", 16), ("password", 9), ("system_type", 13))
+_ADDRESS_RANGE_SIZE = 41
+
+
+def _c_string(body: bytes, pos: int, size: int, field: str, where: dict[str, int]) -> tuple[str, int]:
+    nul = body.find(b"\0", pos, pos + size)
+    if nul < 0:
+        raise PduDecodeError(f"{field} is not a C-Octet String of at most {size} octets", **where)
+    return body[pos:nul].decode("latin-1"), nul + 1
+
+
+def _decode_bind(raw: bytes, header: Header, name: str) -> Pdu:
+    """A ``bind_*`` (§4.1.1) or ``outbind`` (§4.1.7.1) request; TLVs after the fields are ignored."""
+    where = {"command_id": header.command_id, "sequence": header.sequence}
+    body = raw[HEADER_LENGTH:]
+    values: dict[str, str] = {}
+    pos = 0
+    for field, size in _BIND_STRINGS[:2] if name == "outbind" else _BIND_STRINGS:
+        values[field], pos = _c_string(body, pos, size, field, where)
+    if name != "outbind":
+        if pos + 3 > len(body):  # interface_version, addr_ton, addr_npi
+            raise PduDecodeError("bind ends before interface_version/addr_ton/addr_npi", **where)
+        _c_string(body, pos + 3, _ADDRESS_RANGE_SIZE, "address_range", where)
+    return Pdu(header.command_id, name, header.command_status, header.sequence, **values)
 
 
 def _mandatory_end(cls: Any, body: bytes, where: dict[str, int]) -> int:

@@ -1,7 +1,12 @@
 """One SMPP connection of a :class:`~gateway.smpp.session.SmppSession` (see that module for the policies).
 
 A :class:`Link` lives for one connection attempt: ``connecting -> binding -> bound -> unbinding ->
-disconnected``. It owns the framing (``readexactly`` of the header, then of the body), the writer task
+disconnected``. :meth:`Link.serve` connects, then :meth:`Link.run` does the rest over the stream; the
+listener (:mod:`gateway.smpp.listener`) calls :meth:`Link.run` directly on a connection a carrier opened:
+after an ``outbind`` it sends the bind (``send_bind``), after the carrier's own bind (answered by the
+listener) it starts bound. One code path for our binds and the carriers'.
+
+It owns the framing (``readexactly`` of the header, then of the body), the writer task
 (answers before requests), the ``{sequence: future}`` map of its own requests (bind, enquire_link,
 unbind), the window semaphore and the parts in flight, and the enquire_link loop. The queue of parts,
 the token bucket, the throttling pause and the counters belong to the session.
@@ -19,15 +24,23 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from gateway.smpp.codec import (
+    BIND_MODES,
+    ESME_RALYBND,
+    ESME_RINVBNDSTS,
     ESME_RINVCMDID,
+    ESME_RINVCMDLEN,
     ESME_ROK,
+    ESME_RTHROTTLED,
+    ESME_RX_T_APPN,
     HEADER_LENGTH,
     BindMode,
     Pdu,
     decode,
     decode_header,
     encode_bind,
+    encode_bind_resp,
     encode_enquire_link,
+    encode_message_resp,
     encode_response,
     encode_unbind,
     status_name,
@@ -91,10 +104,10 @@ class PendingSubmit:
 class Link:
     """One TCP connection and its bind; lives for one connection attempt."""
 
-    def __init__(self, session: SmppSession, mode: BindMode) -> None:
+    def __init__(self, session: SmppSession, mode: BindMode, *, sends: bool | None = None) -> None:
         self.s = session
         self.mode = mode
-        self.sends = mode != "receiver"
+        self.sends = mode != "receiver" if sends is None else sends  # carries our submit_sm
         self.closed = self.closing = False
         self.pending: dict[int, asyncio.Future[Pdu]] = {}
         self.inflight: dict[int, PendingSubmit] = {}
@@ -121,22 +134,41 @@ class Link:
             s._error(f"connect to {cfg.host}:{cfg.port} failed: {exc!r}")
             self._state("disconnected")
             return False
+        return await self.run(reader, writer, stop)
+
+    async def run(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        stop: asyncio.Event,
+        *,
+        send_bind: bool = True,
+    ) -> bool:
+        """Over a connected stream: bind (``send_bind``: we send ``bind_<mode>``; else the peer bound
+        and was answered already), run until the connection fails or ``stop`` is set, close the
+        stream. True if it got bound."""
+        s, cfg = self.s, self.s.config
         tasks: list[asyncio.Task[Any]] = [
             asyncio.create_task(self._read_loop(reader), name=f"smpp-{s.name}-{self.mode}-read"),
             asyncio.create_task(self._write_loop(writer), name=f"smpp-{s.name}-{self.mode}-write"),
         ]
         bound = False
         try:
-            self._state("binding")
-            seq = s._seq.next_sequence()
-            bind = encode_bind(
-                self.mode, seq, system_id=cfg.system_id, password=cfg.password, system_type=cfg.system_type
-            )
-            resp = await self._request(bind, seq, f"bind_{self.mode}", cfg.response_timeout_seconds)
-            if resp.command_status != ESME_ROK or resp.command != f"bind_{self.mode}_resp":
-                s.bind_failures += 1
-                code = resp.command_status
-                raise BindError(s.name, f"bind_{self.mode}", code, status_name(code))
+            if send_bind:
+                self._state("binding")
+                seq = s._seq.next_sequence()
+                bind = encode_bind(
+                    self.mode,
+                    seq,
+                    system_id=cfg.system_id,
+                    password=cfg.password,
+                    system_type=cfg.system_type,
+                )
+                resp = await self._request(bind, seq, f"bind_{self.mode}", cfg.response_timeout_seconds)
+                if resp.command_status != ESME_ROK or resp.command != f"bind_{self.mode}_resp":
+                    s.bind_failures += 1
+                    code = resp.command_status
+                    raise BindError(s.name, f"bind_{self.mode}", code, status_name(code))
             bound = True
             self._state("bound")
             log.info("smpp %s: bound %s to %s:%s", s.name, self.mode, cfg.host, cfg.port)
@@ -164,7 +196,7 @@ class Link:
         for task in done:
             exc = None if task.cancelled() else task.exception()
             if isinstance(exc, asyncio.IncompleteReadError):
-                return "connection closed by the SMSC"
+                return "connection closed by the SMSC"  # (or by the carrier, on a listener)
             if exc is not None:
                 return str(exc) or repr(exc)
         return "unbound by the SMSC"
@@ -193,6 +225,12 @@ class Link:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        # Answers still queued (a generic_nack before a reset, an unbind_resp): the writer task wrote
+        # everything it took out whole, so these go after it, in order, before the close.
+        if self._prio and not writer.is_closing():
+            with contextlib.suppress(Exception):
+                writer.write(b"".join(self._prio))
+        self._prio.clear()
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()
@@ -249,7 +287,13 @@ class Link:
         try:
             while True:
                 head = await reader.readexactly(HEADER_LENGTH)
-                header = decode_header(head)  # PduDecodeError: framing lost, reset
+                try:
+                    header = decode_header(head)
+                except PduDecodeError as exc:
+                    # command_length < 16 or over MAX_PDU_LENGTH: the framing is lost. Answer
+                    # generic_nack ESME_RINVCMDLEN (SMPP 3.4 §5.1.3) without reading the body, reset.
+                    self.send_first(encode_response("generic_nack", exc.sequence or 0, ESME_RINVCMDLEN))
+                    raise
                 body = await reader.readexactly(header.length - HEADER_LENGTH)
                 self.last_rx = time.monotonic()
                 self._dispatch(head + body, header.is_response, header.sequence)
@@ -266,6 +310,17 @@ class Link:
                 self.send_first(encode_response("generic_nack", seq, exc.nack_status))
             return
         if isinstance(pdu, DeliverSm):
+            if pdu.command == "submit_sm" and not s.accept_submit:
+                # We are not an SMSC for this peer (a carrier bound to our listener).
+                self.send_first(encode_message_resp("submit_sm", seq, ESME_RINVCMDID))
+                return
+            if s.max_inbound is not None and len(self.delivers) >= s.max_inbound:
+                # The peer ignores its window: refuse the excess (ESME_RX_T_APPN makes an SMSC
+                # redeliver a deliver_sm later, §5.1.3), do not queue it without bound.
+                status = ESME_RTHROTTLED if pdu.command == "submit_sm" else ESME_RX_T_APPN
+                s.refused_inbound += 1
+                self.send_first(encode_message_resp(pdu.command, seq, status))
+                return
             task = asyncio.create_task(s._deliver(self, pdu))
             self.delivers.add(task)
             task.add_done_callback(self.delivers.discard)
@@ -288,6 +343,10 @@ class Link:
             log.info("smpp %s: the SMSC unbound %s", s.name, self.mode)
             self.send_first(encode_response("unbind_resp", seq))
             self.closing = True
+        elif (mode := BIND_MODES.get(pdu.command or "")) is not None:
+            self.send_first(encode_bind_resp(mode, seq, ESME_RALYBND))  # a second bind, §5.1.3
+        elif pdu.command == "outbind":
+            self.send_first(encode_response("generic_nack", seq, ESME_RINVBNDSTS))
         else:
             self.send_first(encode_response("generic_nack", seq, ESME_RINVCMDID))
 

@@ -13,6 +13,10 @@ connector is bound during the whole timeout, the outcome is ``no_route`` (retrya
 bound but still not written at the deadline: ``retry`` (``QUEUE_TIMEOUT``, or ``CONNECTION_LOST`` when
 the last connector tried went down just then). Once written, the wait for the ``submit_sm_resp`` is
 bounded by the connector's ``response_timeout_seconds`` (then ``unknown``).
+
+:meth:`ConnectorPool.attach` adds a session for as long as it lives: a carrier's ``outbind`` bound back
+as a transceiver (:mod:`gateway.smpp.listener`) is one more route, under its connector's name (so its
+receipts match); it is not listed in :meth:`ConnectorPool.snapshot` (the listener reports it).
 """
 
 from __future__ import annotations
@@ -37,7 +41,8 @@ class ConnectorPool:
         names = [session.name for session in self._sessions]
         if len(set(names)) != len(names):
             raise ValueError(f"connector names must be unique: {names}")
-        self._current = dict.fromkeys(names, 0)
+        self._configured = self._sessions
+        self._current: dict[SmppSession, int] = dict.fromkeys(self._sessions, 0)
         self._any_bound = asyncio.Event()
         for session in self._sessions:
             session.add_state_listener(self._on_state)
@@ -58,6 +63,18 @@ class ConnectorPool:
                 return session
         raise KeyError(name)
 
+    def attach(self, session: SmppSession) -> None:
+        """Route parts through ``session`` too, until :meth:`detach`."""
+        self._sessions = (*self._sessions, session)
+        self._current[session] = 0
+        session.add_state_listener(self._on_state)
+        self._on_state(session)
+
+    def detach(self, session: SmppSession) -> None:
+        self._sessions = tuple(s for s in self._sessions if s is not session)
+        self._current.pop(session, None)
+        self._on_state(session)
+
     def healthy(self) -> list[SmppSession]:
         """The connectors that can take submits now (their submitting bind is ``bound``)."""
         return [session for session in self._sessions if session.is_bound]
@@ -65,7 +82,7 @@ class ConnectorPool:
     async def run(self, stop: asyncio.Event) -> None:
         """Run every session until ``stop`` is set (each then unbinds)."""
         async with asyncio.TaskGroup() as group:
-            for session in self._sessions:
+            for session in self._configured:
                 group.create_task(session.run(stop), name=f"smpp-{session.name}")
 
     def _on_state(self, _session: SmppSession) -> None:
@@ -84,10 +101,10 @@ class ConnectorPool:
         for session in healthy:
             weight = session.config.weight
             total += weight
-            self._current[session.name] += weight
-            if self._current[session.name] > self._current[best.name]:
+            self._current[session] += weight
+            if self._current[session] > self._current[best]:
                 best = session
-        self._current[best.name] -= total
+        self._current[best] -= total
         return best
 
     async def submit(self, part: SubmitPart, *, timeout: float) -> SubmitResult:
@@ -116,4 +133,4 @@ class ConnectorPool:
 
     def snapshot(self) -> list[dict[str, Any]]:
         """One dict per connector (see :meth:`SmppSession.snapshot`), for /readyz and /metrics."""
-        return [session.snapshot() for session in self._sessions]
+        return [session.snapshot() for session in self._configured]

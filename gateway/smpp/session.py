@@ -37,6 +37,14 @@ Inbound ``deliver_sm``/``data_sm`` go to ``await on_deliver(connector_name, Deli
 ``deliver_sm_resp``/``data_sm_resp`` is sent only after it returns (``ESME_ROK``), with ``ESME_RX_T_APPN``
 (the SMSC redelivers) when it raises or takes longer than ``deliver_timeout_seconds``. Without
 ``on_deliver`` they are acknowledged and dropped.
+
+A session may also run over a connection a carrier opened to our listener
+(:meth:`SmppSession.serve_connection`, used by :mod:`gateway.smpp.listener`): after an ``outbind`` we send
+the bind ourselves, after the carrier's bind we start bound. Everything after the bind is the same code
+(:class:`~gateway.smpp.link.Link`); there is no reconnect (the carrier connects again). Such sessions may
+accept ``submit_sm`` as inbound messages (``accept_submit``; otherwise ``submit_sm_resp``
+``ESME_RINVCMDID``) and bound the inbound messages processed at once (``max_inbound``; the excess is
+refused ``ESME_RX_T_APPN``, or ``ESME_RTHROTTLED`` for a ``submit_sm``).
 """
 
 from __future__ import annotations
@@ -63,7 +71,7 @@ from gateway.smpp.codec import (
     BindMode,
     Pdu,
     SequenceGenerator,
-    encode_response,
+    encode_message_resp,
     encode_submit_sm,
     status_name,
     udh_to_sar,
@@ -136,8 +144,19 @@ class SmppSession:
         deliver_timeout_seconds: float = 10.0,
         late_response_seconds: float = 600.0,
         unbind_timeout_seconds: float = 2.0,
+        modes: tuple[BindMode, ...] | None = None,
+        accept_submit: bool = False,
+        max_inbound: int | None = None,
+        message_ids: Callable[[], str] | None = None,
     ) -> None:
+        """``modes`` overrides the binds ``config.bind`` implies (a listener session has one);
+        ``accept_submit``, ``max_inbound``: see the module docstring; ``message_ids`` makes the
+        message id of an accepted ``submit_sm`` (default: a counter)."""
         self.config = config
+        self.accept_submit = accept_submit
+        self.max_inbound = max_inbound
+        counter = itertools.count(1)
+        self._message_ids = message_ids or (lambda: f"{next(counter):x}")
         self.name = config.name
         self._on_deliver = on_deliver
         self._on_late_response = on_late_response
@@ -152,12 +171,12 @@ class SmppSession:
         self.unbind_timeout = unbind_timeout_seconds
         burst = tps_burst if tps_burst is not None else max(1.0, min(config.tps, config.window))
         self._bucket = TokenBucket(config.tps, burst)
-        modes: tuple[BindMode, ...] = (
+        default: tuple[BindMode, ...] = (
             ("transceiver",) if config.bind == "transceiver" else ("transmitter", "receiver")
         )
-        self._modes = modes
-        self._states: dict[BindMode, State] = dict.fromkeys(modes, "disconnected")
-        self._links: dict[BindMode, Link | None] = dict.fromkeys(modes)
+        self._modes = modes or default
+        self._states: dict[BindMode, State] = dict.fromkeys(self._modes, "disconnected")
+        self._links: dict[BindMode, Link | None] = dict.fromkeys(self._modes)
         self._seq = SequenceGenerator()
         self._queue: list[PendingSubmit] = []  # heap by order
         self._queued = 0
@@ -171,6 +190,7 @@ class SmppSession:
         self.last_error: str | None = None
         self.submitted = self.acked = self.throttled = self.queue_full = self.failed = 0
         self.unknown = self.late_responses = self.delivered = self.reconnects = self.bind_failures = 0
+        self.refused_inbound = 0
 
     # ---- state ------------------------------------------------------------------------------------
 
@@ -217,6 +237,35 @@ class SmppSession:
                 for mode in self._modes:
                     group.create_task(self._link_loop(mode, stop), name=f"smpp-{self.name}-{mode}")
         finally:
+            self._running = False
+            for item in self._queue:
+                self._resolve(item, "retry", reason=SHUTDOWN)
+            self._queue.clear()
+            if self._tasks:
+                await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def serve_connection(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        stop: asyncio.Event,
+        *,
+        send_bind: bool,
+        sends: bool | None = None,
+    ) -> bool:
+        """Run this session's one bind (``modes[0]``) over an already-connected stream, once: no
+        reconnect. ``send_bind``: we send ``bind_<mode>`` (after an ``outbind``); else the peer's
+        bind was answered already. ``sends``: the link carries our submits (default: not a
+        receiver). Closes the stream; True if it was bound."""
+        if self._running:
+            raise RuntimeError(f"smpp session {self.name} is already running")
+        self._running = True
+        mode = self._modes[0]
+        link = self._links[mode] = Link(self, mode, sends=sends)
+        try:
+            return await link.run(reader, writer, stop, send_bind=send_bind)
+        finally:
+            self._links[mode] = None
             self._running = False
             for item in self._queue:
                 self._resolve(item, "retry", reason=SHUTDOWN)
@@ -423,10 +472,12 @@ class SmppSession:
             except Exception:
                 log.exception("smpp %s: on_deliver failed; answering ESME_RX_T_APPN", self.name)
                 status = ESME_RX_T_APPN
+        message_id = ""
         if status == ESME_ROK:
             self.delivered += 1
-        command = "data_sm_resp" if message.command == "data_sm" else "deliver_sm_resp"
-        link.send_first(encode_response(command, message.sequence, status))
+            if message.command == "submit_sm":
+                message_id = self._message_ids()
+        link.send_first(encode_message_resp(message.command, message.sequence, status, message_id))
 
     # ---- metrics ----------------------------------------------------------------------------------
 
@@ -454,6 +505,7 @@ class SmppSession:
             "delivered": self.delivered,
             "reconnects": self.reconnects,
             "bind_failures": self.bind_failures,
+            "refused_inbound": self.refused_inbound,
             "tps": self.config.tps,
             "submit_rate": round(recent / RATE_WINDOW_SECONDS, 3),
             "last_error": self.last_error,

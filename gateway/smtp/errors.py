@@ -15,3 +15,13 @@ class DkimKeyError(SmtpAdapterError):
         super().__init__(f"{key}: {reason}")
         self.key = key
         self.reason = reason
+
+
+class SmtpTlsError(SmtpAdapterError):
+    """The SMTP listener's STARTTLS certificate or key cannot be used (missing, unreadable, not
+    matching). Raised at start-up; ``key`` is the config key to look at."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"{key}: {reason}")
+        self.key = key
+        self.reason = reason

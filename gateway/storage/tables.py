@@ -79,6 +79,10 @@ tenants = sa.Table(
     sa.Column("business_hours", JSONType),
     sa.Column("sms_keywords", JSONType),  # {"stop": [...], "start": [...]}; null = defaults
     sa.Column("reply_window_days", sa.Integer),  # null = the configured default
+    # Inbound email without an aligned DKIM/SPF pass is refused (issue 6); default: kept, unverified.
+    sa.Column(
+        "require_verified_sender", sa.Boolean, nullable=False, default=False, server_default=sa.false()
+    ),
     _ts("created_at"),
     _ts("updated_at"),
     sa.CheckConstraint("sms_credits >= 0", name="credits_not_negative"),
@@ -212,12 +216,19 @@ messages = sa.Table(
     sa.Column("in_reply_to", sa.String(998)),
     sa.Column("size_bytes", sa.Integer),
     sa.Column("note", sa.Text),  # e.g. "incomplete concatenated message: 2 of 3 parts"
+    # Inbound email (issue 6, migration 0006): the verdict, the Date header, the headers threading
+    # needs plus our Authentication-Results, and the dedupe key (sha256 of sender + Message-ID).
+    sa.Column("sender_verified", sa.Boolean),
+    _ts("email_date", nullable=True),
+    sa.Column("email_headers", JSONType),
+    sa.Column("inbound_key", sa.String(64)),
     _ts("send_at", nullable=True),
     _ts("created_at"),
     _ts("updated_at"),
     sa.Index("ix_messages_thread_created", "thread_id", "created_at"),
     sa.Index("ix_messages_tenant_created", "tenant_id", "created_at"),
     sa.Index("ix_messages_email_message_id", "email_message_id"),
+    sa.Index("ux_messages_tenant_inbound_key", "tenant_id", "inbound_key", unique=True),
 )
 
 # One row per SMS part submitted: matches delivery receipts (by the SMSC's message id) to messages.
@@ -280,6 +291,7 @@ attachments = sa.Table(
     sa.Column("storage_path", sa.String(500)),
     sa.Column("not_stored_reason", sa.String(32)),  # saving_disabled | quota_exceeded
     _ts("created_at"),
+    sa.Index("ix_attachments_tenant_sha256", "tenant_id", "sha256"),
 )
 
 drops = sa.Table(
@@ -430,4 +442,55 @@ sms_mo_fingerprints = sa.Table(
     sa.Column("answered", sa.Boolean, nullable=False, default=False),
     _ts("received_at"),
     sa.Index("ix_sms_mo_fingerprints_received_at", "received_at"),
+)
+
+# --- notifications (issue 8, migration 0007) ---------------------------------------------------
+
+# A tenant's message templates (Jinja2 source, checked when saved), one body per channel.
+templates = sa.Table(
+    "templates",
+    metadata,
+    sa.Column("tenant_id", sa.ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("description", sa.String(500)),
+    sa.Column("sms_text", sa.Text),
+    sa.Column("email_subject", sa.Text),
+    sa.Column("email_text", sa.Text),
+    sa.Column("email_html", sa.Text),
+    _ts("created_at"),
+    _ts("updated_at"),
+)
+
+# Event rules: an application event (POST /v1/app-events) matching `event` and `match` sends the
+# template on `channels`, now, after a delay, or `remind_before` the time in data[`time_field`].
+rules = sa.Table(
+    "rules",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("tenant_id", sa.ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("event", sa.String(100), nullable=False),
+    sa.Column("match", JSONType, nullable=False),
+    sa.Column("channels", JSONType, nullable=False),
+    sa.Column("template", sa.String(64), nullable=False),
+    sa.Column("category", sa.String(16), nullable=False),
+    sa.Column("delay_seconds", sa.Integer),
+    sa.Column("business_hours_only", sa.Boolean, nullable=False),
+    sa.Column("location", sa.String(64)),
+    sa.Column("remind_before_seconds", sa.Integer),
+    sa.Column("time_field", sa.String(100)),
+    sa.Column("enabled", sa.Boolean, nullable=False),
+    _ts("created_at"),
+    _ts("updated_at"),
+    sa.Index("ix_rules_tenant_event", "tenant_id", "event"),
+)
+
+# The messages a dedupe key names now (one per channel of the request that set it). A later request
+# with the key cancels them and takes the key over; a message of it that went out stops that.
+dedupe_keys = sa.Table(
+    "dedupe_keys",
+    metadata,
+    sa.Column("tenant_id", sa.ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("key", sa.String(200), primary_key=True),
+    sa.Column("message_id", sa.ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True),
+    _ts("created_at"),
 )

@@ -60,6 +60,7 @@ async def load_tenant(conn: AsyncConnection, tenant_id: str) -> Tenant | None:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         sms_keywords=row["sms_keywords"],
+        require_verified_sender=bool(row["require_verified_sender"]),
     )
 
 

@@ -79,14 +79,20 @@ async def test_prebuilt_statements_give_the_same_rows_inside_the_writer_and_outs
     async def put(conn: AsyncConnection) -> tuple[int, int]:
         for n in ("+48500000001", "+48500000002"):
             await run(conn, _PUT_NUMBER, {"e164": n, "active": True, "created_at": NOW})
-        return await run(conn, _DEACTIVATE, {"n": "+48500000002"}), await run(conn, _DEACTIVATE, {"n": "none"})
+        return await run(conn, _DEACTIVATE, {"n": "+48500000002"}), await run(
+            conn, _DEACTIVATE, {"n": "none"}
+        )
 
     assert await db.write(put) == (1, 0)
     written = await db.write(lambda conn: fetch(conn, _NUMBERS))
     read = await db.read(lambda conn: fetch(conn, _NUMBERS))
-    assert written == read == [
-        {"e164": "+48500000001", "active": True, "created_at": NOW},
-        {"e164": "+48500000002", "active": False, "created_at": NOW},
-    ]
+    assert (
+        written
+        == read
+        == [
+            {"e164": "+48500000001", "active": True, "created_at": NOW},
+            {"e164": "+48500000002", "active": False, "created_at": NOW},
+        ]
+    )
     assert written[0]["created_at"].tzinfo is not None
     assert await db.write(lambda conn: fetch_one(conn, _NUMBERS.where(sa.false()))) is None

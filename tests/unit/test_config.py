@@ -152,7 +152,7 @@ username = "u"
     assert cfg.sms.allowed_regions == ("PL", "DE")
     assert isinstance(cfg.smpp.connectors, tuple)
     poller = cfg.imap.pollers[0]
-    assert (poller.port, poller.tls, poller.mailbox, poller.interval_seconds) == (993, True, "INBOX", 60.0)
+    assert (poller.port, poller.tls, poller.mailbox, poller.interval_seconds) == (993, "tls", "INBOX", 60.0)
 
 
 def test_missing_file(tmp_path: Path) -> None:
@@ -401,7 +401,7 @@ def test_masked_dict(tmp_path: Path) -> None:
     assert "source" not in masked
     assert set(masked) == {
         "database", "http", "smtp", "relay", "dkim", "smpp", "sms", "storage", "queue", "daemon", "imap",
-        "webhooks",
+        "webhooks", "mailauth",
     }  # fmt: skip
     assert "hunter2" not in repr(masked) and "a" * 32 not in repr(masked)
 
