@@ -5,6 +5,7 @@ and DnsResolver against a real DNS server on a loopback UDP socket."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from typing import cast
 
@@ -105,7 +106,8 @@ async def test_every_signature_is_checked_first_broken_second_passes(pems: tuple
     assert got.dmarc == "pass" and got.aligned_pass
 
 
-async def test_results_per_signature(pems: tuple[bytes, bytes]) -> None:
+async def test_results_per_signature(pems: tuple[bytes, bytes], caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.mailauth")  # the failed lookups are logged
     good = signer(pems[0], "a.com", "s1")
     r = DictResolver(tempfail=["slow._domainkey.a.com"])
     publish(r, good)
@@ -333,11 +335,13 @@ async def test_subdomain_uses_the_organizational_record_and_sp(pems: tuple[bytes
     assert got.dmarc_policy == "reject"
 
 
-async def test_dmarc_temperror_and_multiple_records() -> None:
+async def test_dmarc_temperror_and_multiple_records(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.mailauth")  # logging the failure must not fail
     r = dmarc_zone(None)
     r.tempfail.add("_dmarc.a.com")
     got = await check(verifier(r), message(), mail_from="x@evil.net")
     assert got.dmarc == "temperror"
+    assert any(getattr(rec, "dns_name", None) == "_dmarc.a.com" for rec in caplog.records)
     assert sender_decision(got, require_verified=False) == SenderOk(False)
     r2 = dmarc_zone("v=DMARC1; p=reject")
     r2.add("_dmarc.a.com", "TXT", "v=DMARC1; p=none")
