@@ -1,4 +1,4 @@
-"""What the HTTP adapter needs from the rest of the daemon, handed over by runtime.py."""
+"""What the HTTP adapter needs from the rest of the daemon, handed over by gateway/runtime/."""
 
 from __future__ import annotations
 

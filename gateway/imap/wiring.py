@@ -1,4 +1,4 @@
-"""From ``[[imap.pollers]]`` to running pollers, their readiness and metrics (used by gateway/runtime.py)."""
+"""From ``[[imap.pollers]]`` to running pollers, their readiness and metrics (used by gateway/runtime/)."""
 
 from __future__ import annotations
 
