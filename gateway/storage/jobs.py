@@ -193,6 +193,66 @@ async def cancel_for_message(conn: AsyncConnection, message_id: str, *, now: dat
     return result.rowcount
 
 
+def _claim_statement(expired: bool, with_kinds: bool) -> Any:
+    """Claim due jobs (prebuilt: a claim runs for every batch of work). ``expired``: running jobs whose
+    lease ran out and that have attempts left; else queued jobs whose time has come."""
+    now: sa.BindParameter[datetime] = sa.bindparam("b_now", type_=UTCDateTime())
+    where: list[sa.ColumnElement[bool]] = (
+        [_J.c.status == "running", _J.c.lease_until < now, _J.c.attempts < _J.c.max_attempts]
+        if expired
+        else [_J.c.status == "queued", _J.c.run_at <= now]
+    )
+    if with_kinds:
+        where.append(_J.c.kind.in_(sa.bindparam("b_kinds", expanding=True)))
+    picked = (
+        sa.select(_J.c.id)
+        .where(*where)
+        .order_by(_J.c.run_at, _J.c.id)
+        .limit(sa.bindparam("b_lim", type_=sa.Integer))
+        .with_for_update(skip_locked=True)  # rendered on PostgreSQL only
+        .cte("picked")
+        # Locked rows must be chosen exactly once; a re-scanned subquery could lock a second set.
+        .prefix_with("MATERIALIZED", dialect="postgresql")
+    )
+    return (
+        sa.update(_J)
+        .where(_J.c.id.in_(sa.select(picked.c.id)))
+        .values(
+            status="running",
+            lease_until=sa.bindparam("b_lease"),
+            locked_by=sa.bindparam("b_worker"),
+            attempts=_J.c.attempts + 1,
+            updated_at=now,
+        )
+        .returning(*_RETURNED)
+    )
+
+
+_CLAIM = {
+    (expired, kinds): _claim_statement(expired, kinds) for expired in (True, False) for kinds in (True, False)
+}
+
+
+def _fail_exhausted_statement() -> Any:
+    now: sa.BindParameter[datetime] = sa.bindparam("b_now", type_=UTCDateTime())
+    victims = (
+        sa.select(_J.c.id)
+        .where(_J.c.status == "running", _J.c.lease_until < now, _J.c.attempts >= _J.c.max_attempts)
+        .with_for_update(skip_locked=True)  # rendered on PostgreSQL only
+        .cte("exhausted")
+        .prefix_with("MATERIALIZED", dialect="postgresql")
+    )
+    message = sa.literal("lease expired after ") + sa.cast(_J.c.attempts, sa.String) + sa.literal(" attempts")
+    return (
+        sa.update(_J)
+        .where(_J.c.id.in_(sa.select(victims.c.id)))
+        .values(status="failed", last_error=message, lease_until=None, updated_at=now)
+    )
+
+
+_FAIL_EXHAUSTED = _fail_exhausted_statement()
+
+
 def _job(row: Any) -> Job:
     return Job(
         id=row.id,
@@ -260,7 +320,7 @@ class JobQueue:
             await self._fail_exhausted(conn, now)
             claimed = await self._claim_where(
                 conn,
-                [_J.c.status == "running", _J.c.lease_until < now, _J.c.attempts < _J.c.max_attempts],
+                True,  # expired leases first: the oldest work
                 limit,
                 kind_list,
                 now,
@@ -270,7 +330,7 @@ class JobQueue:
             if len(claimed) < limit:
                 claimed += await self._claim_where(
                     conn,
-                    [_J.c.status == "queued", _J.c.run_at <= now],
+                    False,
                     limit - len(claimed),
                     kind_list,
                     now,
@@ -282,57 +342,22 @@ class JobQueue:
         return await self.db.write(unit)
 
     async def _fail_exhausted(self, conn: AsyncConnection, now: datetime) -> None:
-        victims = (
-            sa.select(_J.c.id)
-            .where(_J.c.status == "running", _J.c.lease_until < now, _J.c.attempts >= _J.c.max_attempts)
-            .with_for_update(skip_locked=True)  # rendered on PostgreSQL only
-            .cte("exhausted")
-            .prefix_with("MATERIALIZED", dialect="postgresql")
-        )
-        message = (
-            sa.literal("lease expired after ") + sa.cast(_J.c.attempts, sa.String) + sa.literal(" attempts")
-        )
-        await conn.execute(
-            sa.update(_J)
-            .where(_J.c.id.in_(sa.select(victims.c.id)))
-            .values(status="failed", last_error=message, lease_until=None, updated_at=now)
-        )
+        await conn.execute(_FAIL_EXHAUSTED, {"b_now": now})
 
     async def _claim_where(
         self,
         conn: AsyncConnection,
-        where: list[sa.ColumnElement[bool]],
+        expired: bool,
         limit: int,
         kinds: list[str] | None,
         now: datetime,
         lease_until: datetime,
         worker_id: str,
     ) -> list[Job]:
+        params: dict[str, Any] = {"b_now": now, "b_lim": limit, "b_lease": lease_until, "b_worker": worker_id}
         if kinds is not None:
-            where = [*where, _J.c.kind.in_(kinds)]
-        picked = (
-            sa.select(_J.c.id)
-            .where(*where)
-            .order_by(_J.c.run_at, _J.c.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True)  # rendered on PostgreSQL only
-            .cte("picked")
-            # Locked rows must be chosen exactly once; a re-scanned subquery could lock a second set.
-            .prefix_with("MATERIALIZED", dialect="postgresql")
-        )
-        stmt = (
-            sa.update(_J)
-            .where(_J.c.id.in_(sa.select(picked.c.id)))
-            .values(
-                status="running",
-                lease_until=lease_until,
-                locked_by=worker_id,
-                attempts=_J.c.attempts + 1,
-                updated_at=now,
-            )
-            .returning(*_RETURNED)
-        )
-        rows = (await conn.execute(stmt)).all()
+            params["b_kinds"] = kinds
+        rows = (await conn.execute(_CLAIM[(expired, kinds is not None)], params)).all()
         found = [_job(r) for r in rows]
         found.sort(key=lambda j: (j.run_at, j.id))  # RETURNING order is unspecified
         return found
