@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Callable
+from typing import TypeVar
 
 from gateway.domain.mailauth import (
     AuthVerdict,
@@ -25,6 +27,9 @@ __all__ = ["MailVerifier", "psl_public_suffix"]
 
 log = logging.getLogger(__name__)
 
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
 _psl: PublicSuffixOf | None = None
 
 
@@ -41,12 +46,32 @@ def psl_public_suffix() -> PublicSuffixOf:
     return _psl
 
 
+#: An SPF check's result, the domain it was for and its scope (``mailfrom`` / ``helo``).
+_SpfOutcome = tuple[SpfResult, str | None, str]
+#: Entries per result cache; a full cache starts again empty (a flood of new senders costs lookups,
+#: never memory).
+CACHE_SIZE = 10_000
+
+
+def _put(cache: dict[_K, _V], key: _K, value: _V) -> None:
+    if len(cache) >= CACHE_SIZE:
+        cache.clear()
+    cache[key] = value
+
+
 class MailVerifier:
     """SPF + DKIM + DMARC over one :class:`Resolver`.
 
     ``timeout`` bounds each of the SPF and DKIM checks as a whole (RFC 7208 §4.6.4 suggests at
     least 20 s for SPF): past it the check is ``temperror``. ``sample`` draws pct= samples
     (RFC 7489 §6.6.4); tests pass a constant.
+
+    SPF results (per client IP, envelope sender and HELO: everything the evaluation reads besides
+    DNS) and DMARC record lookups (per From domain) are kept for ``cache_seconds``: a busy
+    correspondent's messages are evaluated once, not each time (the DNS answers themselves are
+    cached by the resolver, but re-evaluating them cost more than the DNS, tests/perf/smtp_in.py).
+    A result is at most that much older than the DNS it came from; temporary errors are never kept.
+    0 turns the cache off.
     """
 
     def __init__(
@@ -58,8 +83,14 @@ class MailVerifier:
         inline_bytes: int = DEFAULT_INLINE_BYTES,
         timeout: float = 20.0,
         sample: Callable[[], float] = random.random,
+        cache_seconds: float = 30.0,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.resolver = resolver
+        self.cache_seconds = cache_seconds
+        self.monotonic = monotonic
+        self._spf_cache: dict[tuple[str | None, str, str | None], tuple[float, _SpfOutcome]] = {}
+        self._dmarc_cache: dict[str, tuple[float, DmarcLookup]] = {}
         self.public_suffix = public_suffix or psl_public_suffix()
         self.max_signatures = max_signatures
         self.inline_bytes = inline_bytes
@@ -81,11 +112,7 @@ class MailVerifier:
         norm_from = normalize_domain(from_domain)
         lookup: DmarcLookup | None = None
         if norm_from is not None:
-            try:
-                async with asyncio.timeout(self.timeout):
-                    lookup = await find_dmarc(self.resolver, norm_from, self.public_suffix)
-            except TimeoutError:
-                lookup = DmarcLookup(None, False, True, ())
+            lookup = await self._dmarc(norm_from)
         outcome = dmarc_evaluate(
             from_domain=norm_from,
             record=lookup.record if lookup else None,
@@ -124,9 +151,32 @@ class MailVerifier:
         )
         return verdict
 
-    async def _spf(
-        self, *, mail_from: str, helo: str | None, client_ip: str | None
-    ) -> tuple[SpfResult, str | None, str]:
+    async def _dmarc(self, from_domain: str) -> DmarcLookup:
+        now = self.monotonic()
+        cached = self._dmarc_cache.get(from_domain)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        try:
+            async with asyncio.timeout(self.timeout):
+                lookup = await find_dmarc(self.resolver, from_domain, self.public_suffix)
+        except TimeoutError:
+            return DmarcLookup(None, False, True, ())
+        if self.cache_seconds > 0 and not lookup.temperror:
+            _put(self._dmarc_cache, from_domain, (now + self.cache_seconds, lookup))
+        return lookup
+
+    async def _spf(self, *, mail_from: str, helo: str | None, client_ip: str | None) -> _SpfOutcome:
+        key = (client_ip, mail_from, helo)
+        now = self.monotonic()
+        cached = self._spf_cache.get(key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        outcome = await self._check_spf(mail_from=mail_from, helo=helo, client_ip=client_ip)
+        if self.cache_seconds > 0 and outcome[0].result != "temperror":
+            _put(self._spf_cache, key, (now + self.cache_seconds, outcome))
+        return outcome
+
+    async def _check_spf(self, *, mail_from: str, helo: str | None, client_ip: str | None) -> _SpfOutcome:
         try:
             async with asyncio.timeout(self.timeout):
                 return await check_spf(self.resolver, client_ip=client_ip, mail_from=mail_from, helo=helo)

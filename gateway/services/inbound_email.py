@@ -67,6 +67,9 @@ class InboundEmailSettings:
     limits: MimeLimits = field(default_factory=MimeLimits)
     recipient_cache_seconds: float = 30.0  # a prefix never changes owner (docs/decisions.md)
     unknown_cache_seconds: float = 5.0  # a new tenant's mailbox works within this
+    #: How long "this tenant takes mail from this sender" is remembered before the transaction (which
+    #: always decides again, docs/decisions.md); 0: read every time. Refusals are never remembered.
+    sender_cache_seconds: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +123,7 @@ class InboundEmailService:
         #: Outcomes since start, for /metrics: stored, duplicate, dropped:<reason>.
         self.outcomes: Counter[str] = Counter()
         self._prefixes: dict[str, tuple[str | None, float]] = {}
+        self._senders: dict[tuple[str, str], float] = {}  # (tenant, From address) allowed -> until
 
     # --- RCPT TO ----------------------------------------------------------------------------------
 
@@ -162,8 +166,12 @@ class InboundEmailService:
         if msg.mail is not None and msg.malformed is None and tenants:
             mail = msg.mail
             files = self.files is not None and any(a.problem is None and a.sha256 for a in mail.attachments)
-            profiles = await self.db.read(lambda conn: self._profiles(conn, tenants, msg.author, files))
-            allowed = [t for t, (_, ok) in profiles.items() if isinstance(ok, EmailSenderAllowed)]
+            allowed = [] if files else self._allowed_before(tenants, msg.author)
+            profiles: dict[str, tuple[store.MailProfile | None, EmailSenderAllowed | Deny]] = {}
+            if not allowed:
+                profiles = await self.db.read(lambda conn: self._profiles(conn, tenants, msg.author, files))
+                allowed = [t for t, (_, ok) in profiles.items() if isinstance(ok, EmailSenderAllowed)]
+                self._remember_allowed(allowed, msg.author)
             if allowed:
                 msg.verdict = await self.verifier.verify(
                     raw,
@@ -172,7 +180,8 @@ class InboundEmailService:
                     client_ip=envelope.client_ip,
                     from_domain=msg.author.rpartition("@")[2] or None,
                 )
-                await self._write_files(msg, [p for t in allowed if (p := profiles[t][0]) is not None])
+                if files:
+                    await self._write_files(msg, [p for t in allowed if (p := profiles[t][0]) is not None])
 
         async def unit(conn: AsyncConnection) -> list[RecipientOutcome]:
             return [await self._one(conn, address, r, msg, envelope, now) for address, r in recipients]
@@ -194,6 +203,27 @@ class InboundEmailService:
             },
         )
         return outcomes
+
+    def _allowed_before(self, tenants: list[str], sender: str) -> list[str]:
+        """``tenants`` when each took mail from ``sender`` moments ago, else []. Only a hint for the
+        work before the transaction (whether to verify the sender at all): the transaction reads
+        the contacts and trusted domains again and decides (a contact deleted or blocked since is
+        refused there). It saves a database read per message from a correspondent who writes
+        often (tests/perf/smtp_in.py)."""
+        now = self.monotonic()
+        if all(self._senders.get((t, sender), 0.0) > now for t in tenants):
+            return tenants
+        return []
+
+    def _remember_allowed(self, tenants: list[str], sender: str) -> None:
+        ttl = self.settings.sender_cache_seconds
+        if ttl <= 0 or not sender:
+            return
+        if len(self._senders) >= CACHE_SIZE:
+            self._senders.clear()
+        until = self.monotonic() + ttl
+        for t in tenants:
+            self._senders[(t, sender)] = until
 
     def _parse(self, raw: bytes, envelope: MailEnvelope) -> _Message:
         mail: ParsedMail | None = None

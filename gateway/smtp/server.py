@@ -44,9 +44,11 @@ import time
 import weakref
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
+from email._header_value_parser import get_addr_spec, get_angle_addr
+from email.errors import HeaderParseError
 from typing import Any, AnyStr
 
-from aiosmtpd.smtp import MISSING, SMTP, TLSSetupException
+from aiosmtpd.smtp import MISSING, SMTP, TLSSetupException, _AuthMechAttr
 from prometheus_client import CollectorRegistry, Gauge
 
 from gateway.smtp.errors import SmtpTlsError
@@ -146,6 +148,22 @@ class ConnectionGate:
         self.open = 0
         self.per_client: Counter[str] = Counter()
         self.buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # key -> (tokens, at)
+        self._keys: dict[str, str | None] = {}  # ip -> its limit key, None when exempt
+
+    def _key(self, ip: str | None) -> str | None:
+        """The per-client key ``ip`` is counted under, None when exempt (remembered: parsing the
+        address and matching the exempt networks twice per connection was a visible cost)."""
+        if not ip:
+            return None
+        try:
+            return self._keys[ip]
+        except KeyError:
+            pass
+        key = None if self._exempt(ip) else client_key(ip)
+        if len(self._keys) >= self.max_tracked:
+            self._keys.clear()
+        self._keys[ip] = key
+        return key
 
     def _exempt(self, ip: str) -> bool:
         try:
@@ -162,7 +180,7 @@ class ConnectionGate:
         lim = self.limits
         if lim.max_connections and self.open >= lim.max_connections:
             return Refusal.CONNECTIONS
-        key = client_key(ip) if ip and not self._exempt(ip) else None
+        key = self._key(ip)
         if key is not None:
             if lim.max_connections_per_ip and self.per_client[key] >= lim.max_connections_per_ip:
                 return Refusal.IP_CONNECTIONS
@@ -174,7 +192,7 @@ class ConnectionGate:
 
     def release(self, ip: str | None) -> None:
         self.open = max(0, self.open - 1)
-        key = client_key(ip) if ip and not self._exempt(ip) else None
+        key = self._key(ip)
         if key is not None and key in self.per_client:
             self.per_client[key] -= 1
             if self.per_client[key] <= 0:
@@ -209,7 +227,30 @@ class _Smtp(SMTP):
     """One session. See the module docstring for what differs from aiosmtpd."""
 
     def __init__(self, listener: SmtpListener, **kwargs: Any) -> None:
-        super().__init__(listener.handler, **kwargs)
+        loop: asyncio.AbstractEventLoop = kwargs["loop"]
+        template = listener._session_template
+        if template is None or template[0] is not loop or template[1] is not kwargs["tls_context"]:
+            super().__init__(listener.handler, **kwargs)
+            listener._session_template = (loop, kwargs["tls_context"], dict(self.__dict__))
+        else:
+            # aiosmtpd's __init__ walks every attribute of the session and of the handler
+            # (inspect.getmembers, dir) to build its command and hook tables: the same tables for
+            # every session of a listener, and a tenth of a session's cost (tests/perf/smtp_in.py).
+            # So the first session's state, taken right after that __init__, is copied: only the
+            # stream protocol is new, and the tables of bound methods are bound to this session.
+            asyncio.StreamReaderProtocol.__init__(
+                self,
+                asyncio.StreamReader(loop=loop, limit=self.line_length_limit),
+                client_connected_cb=self._cb_client_connected,
+                loop=loop,
+            )
+            own = self.__dict__
+            own.update({k: v for k, v in template[2].items() if k not in own})
+            self._smtp_methods = {c: getattr(self, m.__name__) for c, m in self._smtp_methods.items()}
+            self._auth_methods = {
+                name: _AuthMechAttr(getattr(self, a.method.__name__), True) if a.is_builtin else a
+                for name, a in self._auth_methods.items()
+            }
         self.listener = listener
         self.limits = listener.limits
         # aiosmtpd keeps these in a class-level dict that every EHLO of every session grows; ours
@@ -224,7 +265,7 @@ class _Smtp(SMTP):
         self._in_hook = False
         self._close_with: tuple[str, str] | None = None  # (reply, reason) once the hook is done
         self._errors = 0
-        self._data_line_at = 0.0  # loop time of the last DATA line read (see _timeout_cb)
+        self._active_at = 0.0  # loop time of the last valid command or DATA line (see _timeout_cb)
 
     # -- connection -------------------------------------------------------------------------
 
@@ -273,9 +314,9 @@ class _Smtp(SMTP):
             super().data_received(data)
 
     def _timeout_cb(self) -> None:
-        # DATA lines only note when they arrived (re-arming the timer for each of a message's lines
-        # cost more than storing it, tests/perf/smtp_in.py): the idle time counts from the last line.
-        idle_until = self._data_line_at + self._timeout_duration
+        # Commands and DATA lines only note when they arrived (re-arming the timer for each cost
+        # more than storing the time, tests/perf/smtp_in.py): the idle time counts from the last.
+        idle_until = self._active_at + self._timeout_duration
         if idle_until > self.loop.time():
             self._timeout_handle = self.loop.call_at(idle_until, self._timeout_cb)
             return
@@ -423,7 +464,9 @@ class _Smtp(SMTP):
         if method is None:
             await self.push("500 5.5.1 Command not recognized")
             return
-        self._reset_timeout()  # a valid command: the idle clock starts again
+        # A valid command: the idle clock starts again. Noted, not re-armed (cancelling and
+        # scheduling a timer per command cost more than this; _timeout_cb re-arms when it fires).
+        self._active_at = self.loop.time()
         try:
             await method(arg)
         except TLSSetupException as error:
@@ -437,6 +480,24 @@ class _Smtp(SMTP):
             await self.push(await self.handle_exception(error))
 
     # -- commands ---------------------------------------------------------------------------
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd 1.4's ``_getaddr`` (the same parse, the same answers) without the
+        ``typing.Protocol`` class it builds on every call, which cost more than the parse."""
+        if not arg:
+            return "", ""
+        address: Any
+        try:
+            if arg.lstrip().startswith("<"):
+                address, rest = get_angle_addr(arg)
+            else:
+                address, rest = get_addr_spec(arg)
+        except HeaderParseError:
+            return None, None
+        addr: str = address.addr_spec
+        if self.local_part_limit and len(addr.rpartition("@")[0]) > self.local_part_limit:
+            return None, None
+        return addr, rest
 
     def _reset_envelope(self) -> None:
         # aiosmtpd's _set_rset_state / _set_post_data_state (untyped) do exactly this.
@@ -535,9 +596,9 @@ class _Smtp(SMTP):
                 problem = _worst(problem, Refusal.BARE_NEWLINE_DATA if bare else Refusal.LINE_TOO_LONG)
                 lines.clear()
                 continued = True
-                self._data_line_at = self.loop.time()
+                self._active_at = self.loop.time()
                 continue
-            self._data_line_at = self.loop.time()  # the idle timer runs between lines (_timeout_cb)
+            self._active_at = self.loop.time()  # the idle timer runs between lines (_timeout_cb)
             if continued:  # the end of an over-long line
                 continued = False
                 if b"\r" in line[:-2] or b"\n" in line[:-2]:
@@ -607,6 +668,8 @@ class SmtpListener:
         self._idle = asyncio.Event()  # set while no session is inside handle_DATA
         self._idle.set()
         self._server: asyncio.Server | None = None
+        #: (loop, TLS context, a fresh session's attributes): what _Smtp.__init__ copies.
+        self._session_template: tuple[asyncio.AbstractEventLoop, Any, dict[str, Any]] | None = None
 
     def hook_started(self) -> None:
         self._in_hook += 1

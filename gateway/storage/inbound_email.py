@@ -153,22 +153,24 @@ async def outbound_emails(
     return [_candidate(via, rows[i]) for via, i in ids if i in rows]
 
 
+_BY_TOKEN = (
+    sa.select(*_CANDIDATE_COLUMNS)
+    .select_from(messages.join(threads, threads.c.id == messages.c.thread_id))
+    .where(
+        threads.c.token == sa.bindparam("token"),
+        threads.c.tenant_id == sa.bindparam("t_id"),
+        messages.c.direction == "outbound",
+        messages.c.channel == "email",
+    )
+    .order_by(messages.c.created_at.desc(), messages.c.id.desc())
+    .limit(1)
+)
+
+
 async def token_candidate(conn: AsyncConnection, tenant_id: str, token: str) -> EmailCandidate | None:
     """The newest outbound email of the tenant's thread with this ``+token`` (threads.token)."""
-    q = (
-        sa.select(*_CANDIDATE_COLUMNS)
-        .select_from(messages.join(threads, threads.c.id == messages.c.thread_id))
-        .where(
-            threads.c.token == token.lower(),
-            threads.c.tenant_id == tenant_id,
-            messages.c.direction == "outbound",
-            messages.c.channel == "email",
-        )
-        .order_by(messages.c.created_at.desc(), messages.c.id.desc())
-        .limit(1)
-    )
-    row = (await conn.execute(q)).first()
-    return _candidate("token", row) if row is not None else None
+    row = await fetch_one(conn, _BY_TOKEN, {"token": token.lower(), "t_id": tenant_id})
+    return _candidate("token", tuple(row.values())) if row is not None else None
 
 
 _DUPLICATE = sa.select(messages.c.id).where(
@@ -229,19 +231,19 @@ _USAGE = sa.select(tenants.c.attachments_used_bytes, tenants.c.attachments_quota
 
 async def tenant_has_file(conn: AsyncConnection, tenant_id: str, sha256: str) -> bool:
     """Does the tenant already hold a stored attachment with these bytes (counted in its quota)?"""
-    return (await conn.execute(_HAS_FILE, {"t_id": tenant_id, "sha": sha256})).first() is not None
+    return await fetch_one(conn, _HAS_FILE, {"t_id": tenant_id, "sha": sha256}) is not None
 
 
 async def charge_quota(conn: AsyncConnection, tenant_id: str, size: int) -> bool:
     """Add ``size`` to the tenant's used bytes unless that would pass its quota (one conditional
     UPDATE: concurrent messages on PostgreSQL cannot both squeeze past the limit)."""
-    return (await conn.execute(_CHARGE, {"t_id": tenant_id, "size": size})).first() is not None
+    return await fetch_one(conn, _CHARGE, {"t_id": tenant_id, "size": size}) is not None
 
 
 async def quota_usage(conn: AsyncConnection, tenant_id: str) -> tuple[int, int]:
     """(used bytes, quota bytes) as they stand in this transaction."""
-    row = (await conn.execute(_USAGE, {"t_id": tenant_id})).first()
-    return (int(row[0]), int(row[1])) if row else (0, 0)
+    row = await fetch_one(conn, _USAGE, {"t_id": tenant_id})
+    return (int(row["attachments_used_bytes"]), int(row["attachments_quota_bytes"])) if row else (0, 0)
 
 
 async def insert_attachments(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
@@ -268,7 +270,8 @@ async def insert_drop(
     now: datetime,
 ) -> int:
     """An email drop record (listed to the tenant, or to the admin when ``tenant_id`` is None)."""
-    row = await conn.execute(
+    row = await fetch_one(
+        conn,
         _INSERT_DROP,
         {
             "tenant_id": tenant_id,
@@ -283,4 +286,5 @@ async def insert_drop(
             "created_at": now,
         },
     )
-    return int(row.scalar_one())
+    assert row is not None  # RETURNING id of the row just inserted
+    return int(row["id"])
