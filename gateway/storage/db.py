@@ -124,7 +124,18 @@ def _setup_sqlite_events(sync_engine: Engine, busy_timeout_ms: int) -> None:
             conn.exec_driver_sql("BEGIN")
 
 
-_INSERT_PLANS: dict[tuple[str, tuple[str, ...]], tuple[str, list[str], list[Any], dict[str, Any]]] = {}
+@dataclass(frozen=True, slots=True)
+class _InsertPlan:
+    """An INSERT for one key set: the values of ``keys`` in order, ``converted`` (index, bind
+    processor) for the columns whose type converts, then the ``fixed`` scalar defaults."""
+
+    sql: str
+    keys: tuple[str, ...]
+    converted: tuple[tuple[int, Callable[[Any], Any]], ...]
+    fixed: tuple[Any, ...]
+
+
+_INSERT_PLANS: dict[tuple[str, tuple[str, ...]], _InsertPlan] = {}
 
 
 async def insert(
@@ -187,10 +198,10 @@ class _Plan:
     statement: Any  # kept so that id(statement) stays this statement's while the plan lives
     sql: str
     names: tuple[str, ...]
-    processors: tuple[Callable[[Any], Any] | None, ...]
+    converted: tuple[tuple[int, Callable[[Any], Any]], ...]  # (position, bind processor)
     defaults: dict[str, Any]
     columns: tuple[str, ...]
-    result_processors: tuple[Callable[[Any], Any] | None, ...]
+    result_converted: tuple[tuple[str, Callable[[Any], Any]], ...]  # (column, result processor)
 
 
 _PLANS: dict[tuple[int, tuple[str, ...] | None], _Plan | None] = {}
@@ -232,27 +243,26 @@ class LoopConnection:
         rows = values if isinstance(values, list) else [values]
         if not rows:
             return None
-        sql, names, processors, defaults = self._insert_plan(table, tuple(rows[0]))
+        plan = self._insert_plan(table, tuple(rows[0]))
         raw = self._conn.connection.driver_connection
         assert raw is not None
+        keys, converted, fixed = plan.keys, plan.converted, plan.fixed
 
-        def params(row: dict[str, Any]) -> tuple[Any, ...]:
-            merged = {**defaults, **row}
-            return tuple(
-                proc(merged[n]) if proc is not None else merged[n]
-                for n, proc in zip(names, processors, strict=True)
-            )
+        def params(row: dict[str, Any]) -> list[Any]:
+            out = [row[k] for k in keys]
+            for i, proc in converted:
+                out[i] = proc(out[i])
+            out += fixed
+            return out
 
         if len(rows) == 1:
-            cursor = raw.execute(sql, params(rows[0]))
+            cursor = raw.execute(plan.sql, params(rows[0]))
         else:
-            cursor = raw.executemany(sql, [params(r) for r in rows])
+            cursor = raw.executemany(plan.sql, [params(r) for r in rows])
         rowid: int | None = cursor.lastrowid
         return rowid
 
-    def _insert_plan(
-        self, table: sa.Table, keys: tuple[str, ...]
-    ) -> tuple[str, list[str], list[Any], dict[str, Any]]:
+    def _insert_plan(self, table: sa.Table, keys: tuple[str, ...]) -> _InsertPlan:
         plan = _INSERT_PLANS.get((table.name, keys))
         if plan is None:
             defaults = {
@@ -266,7 +276,17 @@ class LoopConnection:
             ]
             quoted = ", ".join(self.dialect.identifier_preparer.quote(n) for n in names)
             sql = f"INSERT INTO {table.name} ({quoted}) VALUES ({', '.join('?' * len(names))})"
-            plan = _INSERT_PLANS[(table.name, keys)] = (sql, names, processors, defaults)
+            n_keys = len(keys)
+            plan = _INSERT_PLANS[(table.name, keys)] = _InsertPlan(
+                sql=sql,
+                keys=keys,
+                converted=tuple((i, p) for i, p in enumerate(processors[:n_keys]) if p is not None),
+                # Scalar defaults are constants: converted once, here.
+                fixed=tuple(
+                    p(defaults[n]) if p is not None else defaults[n]
+                    for n, p in zip(names[n_keys:], processors[n_keys:], strict=True)
+                ),
+            )
         return plan
 
     def run_planned(
@@ -280,23 +300,20 @@ class LoopConnection:
             return None
         raw = self._conn.connection.driver_connection
         assert raw is not None
-        values = tuple(
-            (proc(v) if proc is not None else v)
-            for proc, v in zip(
-                plan.processors,
-                (given[n] if n in given else plan.defaults[n] for n in plan.names),
-                strict=True,
-            )
-        )
+        defaults = plan.defaults
+        values = [given[n] if n in given else defaults[n] for n in plan.names]
+        for i, proc in plan.converted:
+            values[i] = proc(values[i])
         cursor = raw.execute(plan.sql, values)
         if cursor.description is None:
             return [], cursor.rowcount
         cols = plan.columns
-        procs = plan.result_processors
-        rows = [
-            {c: (p(v) if p is not None else v) for c, p, v in zip(cols, procs, row, strict=True)}
-            for row in cursor.fetchall()
-        ]
+        rows = []
+        for fetched in cursor.fetchall():
+            row = dict(zip(cols, fetched, strict=True))
+            for c, proc in plan.result_converted:
+                row[c] = proc(row[c])
+            rows.append(row)
         return rows, cursor.rowcount
 
     def _plan(self, statement: Any, given: dict[str, Any]) -> _Plan | None:
@@ -337,10 +354,14 @@ class LoopConnection:
             statement=statement,
             sql=compiled.string,
             names=names,
-            processors=tuple(bind_procs.get(n) for n in names),
+            converted=tuple((i, bind_procs[n]) for i, n in enumerate(names) if bind_procs.get(n) is not None),
             defaults={n: binds[n].value for n in names if not binds[n].required},
             columns=tuple(r[0] for r in results),
-            result_processors=tuple(r[3]._cached_result_processor(self.dialect, None) for r in results),
+            result_converted=tuple(
+                (r[0], proc)
+                for r in results
+                if (proc := r[3]._cached_result_processor(self.dialect, None)) is not None
+            ),
         )
 
     def in_transaction(self) -> bool:
