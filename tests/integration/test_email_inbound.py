@@ -524,3 +524,92 @@ timeout_seconds = 1
         assert reply[1].startswith("2.0.0")
         status, thread = await gw.call("GET", f"/v1/threads/{thread_id}", auth)
         assert [m["direction"] for m in thread["messages"]] == ["outbound", "inbound"]
+
+
+# --- the sender cache (InboundEmailSettings.sender_cache_seconds) --------------------------------
+
+
+class FrozenMonotonic:
+    """The service's monotonic clock, standing still: every cached answer stays fresh for the whole
+    test, so what the test shows does not depend on how fast the machine runs it."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def frozen_cache(env: Env) -> InboundEmailService:
+    service = env.listener.handler.inbound
+    assert isinstance(service, InboundEmailService) and service.settings.sender_cache_seconds > 0
+    service.monotonic = FrozenMonotonic()
+    return service
+
+
+async def test_a_cached_sender_blocked_or_removed_since_is_refused_at_once(env: Env) -> None:
+    """ "This tenant takes mail from this sender" is remembered before the transaction; the
+    transaction reads the contacts and trusted domains again, so the cache never lets in a sender
+    refused since: blocked, the address taken off the contact, the trusted domain removed."""
+    service = frozen_cache(env)
+    t = await env.tenant("Serwis", trusted_domains=["firm.pl"])
+    await env.contact(t, "jan", JAN)
+    await env.contact(t, "ola", "ola@example.com")
+    raw = mail(to=t["address"], message_id="<a1@example.com>")
+    assert (await env.send(raw, t["address"]))[0] == 250
+    assert service._allowed_before([t["id"]], JAN) == [t["id"]]  # the next mail skips the read
+    env.clock.advance(minutes=1)
+
+    # Blocked through the API: the cache still says yes, the transaction says contact_blocked.
+    await env.contact(t, "jan", JAN, blocked=True)
+    raw = mail(to=t["address"], message_id="<a2@example.com>")
+    assert service._allowed_before([t["id"]], JAN) == [t["id"]]  # the refusal below is not the cache's
+    assert await env.send(raw, t["address"]) == (550, "5.7.1 Sender not allowed", {})
+
+    # The address taken off its contact: nobody's address now, sender_not_allowed.
+    env.clock.advance(minutes=1)  # rows list in time order
+    ola = "ola@example.com"
+    raw = mail(to=t["address"], sender=ola, message_id="<b1@example.com>")
+    assert (await env.send(raw, t["address"], mail_from=ola))[0] == 250
+    await env.contact(t, "ola", "ola.new@example.com")
+    raw = mail(to=t["address"], sender=ola, message_id="<b2@example.com>")
+    assert service._allowed_before([t["id"]], ola) == [t["id"]]
+    assert await env.send(raw, t["address"], mail_from=ola) == (550, "5.7.1 Sender not allowed", {})
+
+    # A trusted domain removed (admin PATCH): its senders are refused at once.
+    env.clock.advance(minutes=1)
+    bob = "bob@firm.pl"
+    raw = mail(to=t["address"], sender=bob, message_id="<c1@firm.pl>")
+    assert (await env.send(raw, t["address"], mail_from=bob))[0] == 250
+    resp = await env.api.patch(f"/v1/tenants/{t['id']}", json={"trusted_domains": []}, headers=env.api.admin)
+    assert resp.status == 200, await resp.json()
+    raw = mail(to=t["address"], sender=bob, message_id="<c2@firm.pl>")
+    assert service._allowed_before([t["id"]], bob) == [t["id"]]
+    assert await env.send(raw, t["address"], mail_from=bob) == (550, "5.7.1 Sender not allowed", {})
+
+    stored = await env.inbound(t)
+    assert [m["email_message_id"] for m in stored] == ["<a1@example.com>", "<b1@example.com>", "<c1@firm.pl>"]
+    assert [(d["reason"], d["sender"], d["email_message_id"]) for d in await env.drops(t)] == [
+        ("contact_blocked", JAN, "<a2@example.com>"),
+        ("sender_not_allowed", ola, "<b2@example.com>"),
+        ("sender_not_allowed", bob, "<c2@firm.pl>"),
+    ]
+    # Only the blocked contact's refusal is announced (SPEC: unknown senders are listed, not pushed).
+    assert [e["reason"] for e in await env.events(t, "message.dropped")] == ["contact_blocked"]
+
+
+async def test_a_refusal_is_not_cached_a_new_contact_is_accepted_at_once(env: Env) -> None:
+    service = frozen_cache(env)
+    t = await env.tenant("Serwis")
+    eve = "eve@example.com"
+    raw = mail(to=t["address"], sender=eve, message_id="<e1@example.com>")
+    assert await env.send(raw, t["address"], mail_from=eve) == (550, "5.7.1 Sender not allowed", {})
+    assert service._allowed_before([t["id"]], eve) == []
+    await env.contact(t, "eve", eve)
+    raw = mail(to=t["address"], sender=eve, message_id="<e2@example.com>")
+    assert (await env.send(raw, t["address"], mail_from=eve))[0] == 250
+    (m,) = await env.inbound(t)
+    assert m["email_message_id"] == "<e2@example.com>" and m["sender_verified"] is True
+    assert [(d["reason"], d["email_message_id"]) for d in await env.drops(t)] == [
+        ("sender_not_allowed", "<e1@example.com>")
+    ]

@@ -31,6 +31,7 @@ from smsc import (
     GENERIC_NACK,
     UNBIND,
     SmscSimulator,
+    decode_sm,
     encode_pdu,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -348,8 +349,10 @@ class Gateway(ApiClient):
 
 @contextlib.asynccontextmanager
 async def gateway(
-    target: DbTarget, tmp_path: Path, sim: SmscSimulator, clock: FakeClock
+    target: DbTarget, tmp_path: Path, sim: SmscSimulator, clock: FakeClock, carrier: str = ""
 ) -> AsyncIterator[Gateway]:
+    """The daemon with connector "main" (the test SMSC) and listener "edge" for "carrier1";
+    ``carrier``: more lines for that carrier's table."""
     path = tmp_path / "gateway.toml"
     path.write_text(
         f"""
@@ -383,6 +386,7 @@ system_id = "carrier1"
 password = "cpw"
 connector = "main"
 outbind = true
+{carrier}
 """.replace("'", '"')
     )
     runtime = Runtime(config=load(path, {}), config_path=str(path), environ={}, clock=clock)
@@ -450,3 +454,81 @@ async def test_outbind_mo_threads_and_carrier_bind_pushes_concat_and_receipt(
     await asyncio.wait_for(asyncio.gather(outbound.wait_closed(), pusher.wait_closed()), 10)
     assert outbound.requests[-1].command_id == UNBIND and pusher.requests[-1].command_id == UNBIND
     await close_all()
+
+
+async def test_an_outbind_transceiver_is_a_route_for_our_submits_until_it_unbinds(
+    db_target: DbTarget, tmp_path: Path, sim: SmscSimulator, clock: FakeClock
+) -> None:
+    """``outbind_bind = "transceiver"``: the session we bind back joins the connector pool under the
+    connector's name ("main"), so a message sent through the API can go out as a submit_sm over it
+    and the carrier's receipt for that id matches. Once the carrier unbinds, the pool forgets it:
+    every later message goes through the remaining connector (the test SMSC)."""
+    async with gateway(db_target, tmp_path, sim, clock, 'outbind_bind = "transceiver"') as gw:
+        port = gw.runtime.smpp_listeners[0].port
+        pool = gw.runtime.smpp_pool
+        assert port is not None and pool is not None
+        auth = await gw.tenant()
+        carrier = await Carrier.connect(port)
+        bind = await carrier.outbind("carrier1", "cpw")
+        assert bind.command_id == BIND_TRANSCEIVER and bind.body.startswith(cstr("gw") + cstr("secret"))
+
+        async def two_routes() -> bool:
+            return len(pool.healthy()) == 2
+
+        await eventually(two_routes, "the outbind session bound in the pool")
+        assert sorted(s.name for s in pool.healthy()) == ["main", "main"]
+
+        # Weighted round-robin over both routes: within a few messages one goes to the carrier.
+        sent: list[dict[str, Any]] = []
+        for n in range(4):
+            sent.append(await gw.send(auth, f"Rower gotowy {n}"))
+            await _submitted(sim, carrier, len(sent))
+            if carrier.submits:
+                break
+        [raw] = carrier.submits
+        submit = decode_sm(raw.body)
+        assert (submit.dest_addr, submit.text) == (JAN.lstrip("+"), f"Rower gotowy {len(sent) - 1}")
+        ours = sent[-1]
+        carrier_id = f"C{raw.seq:06d}"  # what the carrier answered (tests/smpp_carrier.py)
+
+        async def sent_via_carrier() -> bool:
+            _, m = await gw.call("GET", f"/v1/messages/{ours['id']}", _h(auth))
+            parts = m.get("sms_parts") or []
+            return [(p["connector"], p["smsc_message_id"]) for p in parts] == [("main", carrier_id)]
+
+        await eventually(sent_via_carrier, "the part recorded with the carrier's message id")
+        # The carrier's receipt over the same session matches (its connector's name, "main").
+        pool_number = ours["sms"]["sender"].lstrip("+")
+        assert await carrier.receipt(pool_number, JAN.lstrip("+"), carrier_id) == ESME_ROK
+
+        async def delivered() -> bool:
+            _, m = await gw.call("GET", f"/v1/messages/{ours['id']}", _h(auth))
+            return bool(m["status"] == "delivered")
+
+        await eventually(delivered, "delivered status")
+
+        # The carrier unbinds: answered, closed, and the pool no longer routes to it.
+        assert await carrier.unbind() == ESME_ROK
+        await carrier.wait_closed()
+
+        async def one_route() -> bool:
+            return len(pool.sessions) == 1 and len(pool.healthy()) == 1
+
+        await eventually(one_route, "the outbind session gone from the pool")
+        assert pool.healthy() == [pool.session("main")] and pool.healthy()[0].config.port == sim.port
+        before = len(sim.submits)
+        for n in range(3):
+            await gw.send(auth, f"Po rozlaczeniu {n}")
+        later = await sim.wait_submits(before + 3)
+        assert sorted(s.text for s in later[before:]) == [f"Po rozlaczeniu {n}" for n in range(3)]
+        assert len(carrier.submits) == 1
+    await close_all()
+
+
+async def _submitted(sim: SmscSimulator, carrier: Carrier, n: int) -> None:
+    """Until ``n`` submit_sm in all reached the test SMSC and the carrier."""
+
+    async def check() -> bool:
+        return sim.accepted_count + len(carrier.submits) >= n
+
+    await eventually(check, f"{n} submit_sm")
