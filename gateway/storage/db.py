@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -204,7 +205,7 @@ class _Plan:
     result_converted: tuple[tuple[str, Callable[[Any], Any]], ...]  # (column, result processor)
 
 
-_PLANS: dict[tuple[int, tuple[str, ...] | None], _Plan | None] = {}
+_PLANS: dict[tuple[str, int, tuple[str, ...] | None], _Plan | None] = {}
 #: Plans are for module-level statements (a few dozen); a statement built per call must not pile up.
 _PLAN_LIMIT = 256
 
@@ -255,10 +256,13 @@ class LoopConnection:
             out += fixed
             return out
 
-        if len(rows) == 1:
-            cursor = raw.execute(plan.sql, params(rows[0]))
-        else:
-            cursor = raw.executemany(plan.sql, [params(r) for r in rows])
+        try:
+            if len(rows) == 1:
+                cursor = raw.execute(plan.sql, params(rows[0]))
+            else:
+                cursor = raw.executemany(plan.sql, [params(r) for r in rows])
+        except sqlite3.Error as exc:
+            raise self._error(plan.sql, rows, exc) from exc
         rowid: int | None = cursor.lastrowid
         return rowid
 
@@ -295,80 +299,100 @@ class LoopConnection:
         """Execute through a cached plan: (rows, rowcount); None when the statement has no plan (it
         needs SQLAlchemy's execution-time work: column defaults, expanding IN, ...)."""
         given = params or {}
-        plan = self._plan(statement, given)
+        plan = _plan_for(statement, self.dialect, given)
         if plan is None:
             return None
         raw = self._conn.connection.driver_connection
         assert raw is not None
-        defaults = plan.defaults
-        values = [given[n] if n in given else defaults[n] for n in plan.names]
-        for i, proc in plan.converted:
-            values[i] = proc(values[i])
-        cursor = raw.execute(plan.sql, values)
+        values = _bind(plan, given)
+        try:
+            cursor = raw.execute(plan.sql, values)
+        except sqlite3.Error as exc:
+            raise self._error(plan.sql, values, exc) from exc
         if cursor.description is None:
             return [], cursor.rowcount
-        cols = plan.columns
-        rows = []
-        for fetched in cursor.fetchall():
-            row = dict(zip(cols, fetched, strict=True))
-            for c, proc in plan.result_converted:
-                row[c] = proc(row[c])
-            rows.append(row)
+        rows = _rows(plan, cursor.fetchall())
         return rows, cursor.rowcount
-
-    def _plan(self, statement: Any, given: dict[str, Any]) -> _Plan | None:
-        # An INSERT's columns, and the SET of an UPDATE without values(), are the parameters it is
-        # given: SQLAlchemy compiles them per key set.
-        keys = tuple(given) if statement.is_insert or statement.is_update else None
-        key = (id(statement), keys)
-        if key in _PLANS:
-            plan = _PLANS[key]
-            if plan is None or plan.statement is statement:
-                return plan
-        if len(_PLANS) >= _PLAN_LIMIT:
-            return None
-        plan = self._compile(statement, keys)
-        _PLANS[key] = plan
-        if plan is None:
-            _NO_PLAN.append(statement)  # keeps the id taken while it says "no plan"
-        return plan
-
-    def _compile(self, statement: Any, keys: tuple[str, ...] | None) -> _Plan | None:
-        compiled: Any = statement.compile(dialect=self.dialect, column_keys=list(keys) if keys else None)
-        if (
-            compiled.positiontup is None
-            or compiled.post_compile_params
-            or compiled.literal_execute_params
-            or getattr(compiled, "insert_prefetch", None)
-            or getattr(compiled, "update_prefetch", None)
-            or compiled.escaped_bind_names
-        ):
-            return None
-        names = tuple(compiled.positiontup)
-        binds = compiled.binds
-        if any(binds[n].callable is not None for n in names):
-            return None
-        bind_procs = compiled._bind_processors
-        results = compiled._result_columns
-        return _Plan(
-            statement=statement,
-            sql=compiled.string,
-            names=names,
-            converted=tuple((i, bind_procs[n]) for i, n in enumerate(names) if bind_procs.get(n) is not None),
-            defaults={n: binds[n].value for n in names if not binds[n].required},
-            columns=tuple(r[0] for r in results),
-            result_converted=tuple(
-                (r[0], proc)
-                for r in results
-                if (proc := r[3]._cached_result_processor(self.dialect, None)) is not None
-            ),
-        )
 
     def in_transaction(self) -> bool:
         return self._conn.in_transaction()
 
+    def _error(self, sql: str, params: Any, exc: sqlite3.Error) -> Exception:
+        """The SQLAlchemy exception SQLAlchemy would have raised (IntegrityError, ...): callers catch
+        those, whichever path ran the statement."""
+        return sa.exc.DBAPIError.instance(sql, params, exc, sqlite3.Error, dialect=self.dialect)
+
 
 _NO_PLAN: list[Any] = []
+
+
+def _plan_for(statement: Any, dialect: Any, given: dict[str, Any]) -> _Plan | None:
+    # An INSERT's columns, and the SET of an UPDATE without values(), are the parameters it is
+    # given: SQLAlchemy compiles them per key set.
+    keys = tuple(given) if statement.is_insert or statement.is_update else None
+    key = (dialect.name, id(statement), keys)
+    if key in _PLANS:
+        plan = _PLANS[key]
+        if plan is None or plan.statement is statement:
+            return plan
+    if len(_PLANS) >= _PLAN_LIMIT:
+        return None
+    plan = _compile_plan(statement, dialect, keys)
+    _PLANS[key] = plan
+    if plan is None:
+        _NO_PLAN.append(statement)  # keeps the id taken while it says "no plan"
+    return plan
+
+
+def _compile_plan(statement: Any, dialect: Any, keys: tuple[str, ...] | None) -> _Plan | None:
+    compiled: Any = statement.compile(dialect=dialect, column_keys=list(keys) if keys else None)
+    if (
+        compiled.positiontup is None
+        or compiled.post_compile_params
+        or compiled.literal_execute_params
+        or getattr(compiled, "insert_prefetch", None)
+        or getattr(compiled, "update_prefetch", None)
+        or compiled.escaped_bind_names
+    ):
+        return None
+    names = tuple(compiled.positiontup)
+    binds = compiled.binds
+    if any(binds[n].callable is not None for n in names):
+        return None
+    bind_procs = compiled._bind_processors
+    results = compiled._result_columns
+    return _Plan(
+        statement=statement,
+        sql=compiled.string,
+        names=names,
+        converted=tuple((i, bind_procs[n]) for i, n in enumerate(names) if bind_procs.get(n) is not None),
+        defaults={n: binds[n].value for n in names if not binds[n].required},
+        columns=tuple(r[0] for r in results),
+        result_converted=tuple(
+            (r[0], proc)
+            for r in results
+            if (proc := r[3]._cached_result_processor(dialect, None)) is not None
+        ),
+    )
+
+
+def _bind(plan: _Plan, given: dict[str, Any]) -> list[Any]:
+    defaults = plan.defaults
+    values = [given[n] if n in given else defaults[n] for n in plan.names]
+    for i, proc in plan.converted:
+        values[i] = proc(values[i])
+    return values
+
+
+def _rows(plan: _Plan, fetched: Any) -> list[dict[str, Any]]:
+    cols = plan.columns
+    rows = []
+    for record in fetched:
+        row = dict(zip(cols, record, strict=True))
+        for c, proc in plan.result_converted:
+            row[c] = proc(row[c])
+        rows.append(row)
+    return rows
 
 
 @dataclass

@@ -96,3 +96,20 @@ async def test_prebuilt_statements_give_the_same_rows_inside_the_writer_and_outs
     )
     assert written[0]["created_at"].tzinfo is not None
     assert await db.write(lambda conn: fetch_one(conn, _NUMBERS.where(sa.false()))) is None
+
+
+async def test_hot_path_insert_raises_the_same_integrity_error_everywhere(db: Database) -> None:
+    """insert() takes raw driver paths (sqlite3 in the writer, asyncpg on PostgreSQL): a constraint
+    violation must still be SQLAlchemy's IntegrityError, which callers catch, and roll back alone."""
+    from gateway.storage.db import insert
+
+    row = {"e164": "+48500000009", "active": True, "created_at": NOW}
+    await db.write(lambda conn: insert(conn, sender_numbers, row))
+
+    async def twice(conn: AsyncConnection) -> None:
+        await insert(conn, sender_numbers, {**row, "e164": "+48500000010"})
+        await insert(conn, sender_numbers, row)
+
+    with pytest.raises(sa.exc.IntegrityError):
+        await db.write(twice)
+    assert await _count(db) == 1  # the unit's first insert went with it
