@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from datetime import timedelta
+from pathlib import Path
 
 from prometheus_client import Gauge
 
 from gateway.runtime.base import Wiring, log
 from gateway.services.maintenance import Maintenance, Retention
+from gateway.storage.attachment_files import AttachmentFiles
 from gateway.storage.jobs import JobQueue
 
 __all__ = ["start_maintenance"]
@@ -28,6 +30,7 @@ def start_maintenance(w: Wiring, queue: JobQueue) -> None:
             # Receipts whose part never appeared: an SMSC's stray, or for a message we never sent.
             parked_receipts=timedelta(days=7),
         ),
+        files=AttachmentFiles(Path(w.config.storage.data_dir) / "attachments"),
     )
 
     async def loop(stop: asyncio.Event) -> None:

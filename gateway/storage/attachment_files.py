@@ -8,8 +8,12 @@ new entry survives a crash (the file's own fsync does not cover its directory en
 therefore sees either no file or the whole file. Blocking file work runs in a worker thread
 (``asyncio.to_thread``) so the event loop keeps serving.
 
-Deleting is not here: files may be shared (by several messages, or tenants), so removal belongs to
-whoever knows no row refers to a hash any more (retention).
+Deleting: files may be shared (by several messages, or tenants), so only housekeeping removes them,
+when no row refers to a hash any more (gateway/services/maintenance.py) and the file is older than a
+grace period. Files are written before the transaction that refers to them commits, so a young file
+may belong to a message still on its way in; :meth:`put` of bytes already stored refreshes the
+file's time for the same reason. That sweep also takes the files a crash or a refused message left
+behind.
 """
 
 from __future__ import annotations
@@ -60,9 +64,46 @@ class AttachmentFiles:
     async def exists(self, sha256: str) -> bool:
         return await asyncio.to_thread(self.path_for(sha256).is_file)
 
+    def candidates(self, older_than: float, limit: int) -> list[str]:
+        """Hashes of stored files last written before ``older_than`` (a POSIX time), at most
+        ``limit``; stray temporary files that old are removed on the way (a crash mid-write)."""
+        found: list[str] = []
+        for first in sorted(self.root.iterdir()):
+            if not first.is_dir():
+                continue
+            for second in sorted(first.iterdir()):
+                if not second.is_dir():
+                    continue
+                for entry in second.iterdir():
+                    with contextlib.suppress(FileNotFoundError):
+                        if entry.stat().st_mtime >= older_than:
+                            continue
+                        if entry.name.startswith(".tmp-"):
+                            entry.unlink()
+                        elif _SHA256_HEX.fullmatch(entry.name):
+                            found.append(entry.name)
+                            if len(found) >= limit:
+                                return found
+        return found
+
+    def remove(self, sha256: str, older_than: float) -> bool:
+        """Delete the file if it is still older than ``older_than`` (not refreshed by a new put)."""
+        path = self.path_for(sha256)
+        try:
+            if path.stat().st_mtime >= older_than:
+                return False
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
     def _write(self, digest: str, data: bytes) -> None:
         final = self.path_for(digest)
         if final.is_file():
+            # Already stored: mark it young again, so housekeeping leaves it to the transaction
+            # that is about to refer to it.
+            with contextlib.suppress(FileNotFoundError):
+                os.utime(final)
             return
         directory = final.parent
         created = not directory.is_dir()

@@ -7,7 +7,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway.storage.tables import idempotency_keys, parked_receipts
+from gateway.storage.tables import attachments, idempotency_keys, parked_receipts
 
 
 async def purge_parked_receipts(conn: AsyncConnection, before: datetime, limit: int) -> int:
@@ -31,3 +31,11 @@ async def purge_idempotency_keys(conn: AsyncConnection, before: datetime, limit:
     # Row values (SQLite >= 3.15, PostgreSQL): the composite key picked by the bounded subquery.
     result = await conn.execute(sa.delete(idempotency_keys).where(key.in_(old.limit(limit))))
     return int(result.rowcount)
+
+
+async def referenced_attachments(conn: AsyncConnection, hashes: list[str]) -> set[str]:
+    """Which of these file hashes a stored attachment row still refers to."""
+    if not hashes:
+        return set()
+    q = sa.select(attachments.c.sha256).where(attachments.c.sha256.in_(hashes)).distinct()
+    return {str(h) for h in (await conn.execute(q)).scalars()}
