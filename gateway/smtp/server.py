@@ -223,6 +223,14 @@ def server_tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
     return ctx
 
 
+#: "<local@domain>" where both sides are RFC 5322 dot-atoms (§3.2.3) of ASCII atext: no quotes,
+#: comments, routes or empty labels, so the full parser would return the same address unchanged.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_PLAIN_ANGLE_ADDR = re.compile(
+    rf"<({_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>(.*)\Z", re.DOTALL
+)
+
+
 class _Smtp(SMTP):
     """One session. See the module docstring for what differs from aiosmtpd."""
 
@@ -486,13 +494,24 @@ class _Smtp(SMTP):
         ``typing.Protocol`` class it builds on every call, which cost more than the parse."""
         if not arg:
             return "", ""
+        plain = _PLAIN_ANGLE_ADDR.match(arg)
+        rest = plain.group(2).lstrip(" \t") if plain is not None else ""
+        if plain is not None and not rest.startswith("("):  # a comment after it: the full parser
+            # The common case, "<dot.atom@dot.atom>" and the parameters after it: what the full
+            # RFC 5322 parser answers for it, for a fraction of its cost (tested against it).
+            given: str = plain.group(1)
+            if self.local_part_limit and len(given.rpartition("@")[0]) > self.local_part_limit:
+                return None, None
+            return given, rest  # like the full parser, without the white space after the ">"
         address: Any
         try:
             if arg.lstrip().startswith("<"):
                 address, rest = get_angle_addr(arg)
             else:
                 address, rest = get_addr_spec(arg)
-        except HeaderParseError:
+        except (HeaderParseError, IndexError, AttributeError, ValueError):
+            # The email package's parser raises more than HeaderParseError on some hostile input
+            # (found by the property test): a syntax error to the client, not a 451.
             return None, None
         addr: str = address.addr_spec
         if self.local_part_limit and len(addr.rpartition("@")[0]) > self.local_part_limit:
