@@ -26,7 +26,7 @@ from datetime import datetime
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.domain.dsn import Report
-from gateway.storage import email as email_repo
+from gateway.storage import drops as drops_repo
 from gateway.storage import jobs
 from gateway.storage import messages as repo
 from gateway.storage.db import Database
@@ -86,8 +86,9 @@ class BounceService:
         report = mail.report
         message = await repo.get_message(conn, message_id)
         if message is None or message["direction"] != "outbound" or message["channel"] != "email":
-            await email_repo.insert_drop(
+            await drops_repo.insert_drop(
                 conn,
+                channel="email",
                 tenant_id=None,
                 reason="unknown_message",
                 sender=mail.mail_from,
@@ -124,8 +125,9 @@ class BounceService:
             if report.kind in ("delayed", "other_dsn")
             else report.detail
         )
-        await email_repo.insert_drop(
+        await drops_repo.insert_drop(
             conn,
+            channel="email",
             tenant_id=message["tenant_id"],
             reason=drop_reason,
             sender=mail.mail_from,

@@ -39,6 +39,7 @@ from gateway.domain.ports import InboundSms
 from gateway.domain.threading import SmsAssignment, route_sms_reply
 from gateway.services.errors import InvalidInputError
 from gateway.services.normalize import parse_phone
+from gateway.storage import drops as drops_repo
 from gateway.storage import inbound as store
 from gateway.storage import messages as repo
 from gateway.storage.db import Database, lock_name
@@ -486,8 +487,9 @@ class InboundSmsService:
         now: datetime,
         parts: int = 1,
     ) -> None:
-        drop_id = await store.insert_drop(
+        drop_id = await drops_repo.insert_drop(
             conn,
+            channel="sms",
             tenant_id=tenant_id,
             reason=reason,
             sender=sender,

@@ -39,6 +39,7 @@ from gateway.domain.mailbox import split_recipient
 from gateway.domain.policy import Deny, EmailSenderAllowed, auto_reply_marker, check_email_sender
 from gateway.domain.ports import SenderVerifier
 from gateway.domain.threading import EmailCandidate, EmailRoute, Via, reference_order, route_email
+from gateway.storage import drops as drops_repo
 from gateway.storage import inbound_email as store
 from gateway.storage import messages as repo
 from gateway.storage.attachment_files import AttachmentFiles
@@ -381,7 +382,9 @@ class InboundEmailService:
     ) -> RecipientOutcome:
         mail = msg.mail
         assert mail is not None and msg.verdict is not None
-        thread_id = route.thread_id or await store.create_thread(conn, rcpt.tenant_id, route.contact_pk, now)
+        thread_id = route.thread_id or await repo.create_thread(
+            conn, rcpt.tenant_id, route.contact_pk, None, now
+        )
         message_id = repo.new_id("msg")
         rows, notes = await self._attachments(conn, profile, message_id, mail, msg.files, now)
         auto = auto_reply_marker(mail.header)
@@ -555,8 +558,9 @@ class InboundEmailService:
         mail = msg.mail
         subject = mail.subject if mail else None
         email_message_id = mail.message_id if mail else None
-        drop_id = await store.insert_drop(
+        drop_id = await drops_repo.insert_drop(
             conn,
+            channel="email",
             tenant_id=tenant_id,
             reason=deny.reason,
             sender=msg.sender,

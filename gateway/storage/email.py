@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import datetime
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.domain.model import Contact
 from gateway.storage import contacts as contacts_repo
-from gateway.storage.tables import contact_emails, drops, mailbox_prefixes, messages, tenants
+from gateway.storage.tables import contact_emails, mailbox_prefixes, messages, tenants
 
 _EMAILS_OF = (
     sa.select(contact_emails.c.email)
@@ -88,30 +87,3 @@ async def thread_message_ids(
     for thread_id, mid in await conn.execute(_THREAD_IDS, {"thrs": thread_ids, "before": before}):
         out.setdefault(thread_id, []).append(mid)
     return out
-
-
-_INSERT_DROP = sa.insert(drops)
-
-
-async def insert_drop(
-    conn: AsyncConnection,
-    *,
-    tenant_id: str | None,
-    reason: str,
-    sender: str,
-    recipient: str,
-    size_bytes: int,
-    detail: str,
-    now: datetime,
-) -> None:
-    values: dict[str, Any] = {
-        "tenant_id": tenant_id,
-        "channel": "email",
-        "reason": reason,
-        "sender": sender[:320],
-        "recipient": recipient[:320],
-        "size_bytes": size_bytes,
-        "detail": detail,
-        "created_at": now,
-    }
-    await conn.execute(_INSERT_DROP, values)

@@ -17,7 +17,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from gateway.storage.tables import (
     contact_phones,
     contacts,
-    drops,
     sender_assignments,
     sender_numbers,
     sms_mo_fingerprints,
@@ -294,32 +293,3 @@ async def set_consent_sms(conn: AsyncConnection, contact_pk: int, consent: bool,
 
 
 # --- drops ---------------------------------------------------------------------------------------
-
-_INSERT_DROP = sa.insert(drops).returning(drops.c.id)
-
-
-async def insert_drop(
-    conn: AsyncConnection,
-    *,
-    tenant_id: str | None,
-    reason: str,
-    sender: str,
-    recipient: str,
-    size_bytes: int,
-    detail: str,
-    now: datetime,
-) -> int:
-    row = await conn.execute(
-        _INSERT_DROP,
-        {
-            "tenant_id": tenant_id,
-            "channel": "sms",
-            "reason": reason,
-            "sender": sender,
-            "recipient": recipient,
-            "size_bytes": size_bytes,
-            "detail": detail,
-            "created_at": now,
-        },
-    )
-    return int(row.scalar_one())

@@ -5,10 +5,8 @@ Every function takes the unit of work's connection; the service decides and hold
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -17,13 +15,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from gateway.domain.policy import SenderContact
 from gateway.domain.threading import EmailCandidate, Via
 from gateway.storage.db import LoopConnection, fetch, fetch_one, insert
-from gateway.storage.messages import new_id
 from gateway.storage.tables import (
     UTCDateTime,
     attachments,
     contact_emails,
     contacts,
-    drops,
     mailbox_prefixes,
     messages,
     tenants,
@@ -184,26 +180,6 @@ async def stored_with_key(conn: AsyncConnection, tenant_id: str, key: str) -> st
     return str(found["id"]) if found is not None else None
 
 
-async def create_thread(conn: AsyncConnection, tenant_id: str, contact_pk: int | None, now: datetime) -> str:
-    """A new conversation (no context): mail that answers nothing of ours starts one."""
-    thread_id = new_id("thr")
-    await insert(
-        conn,
-        threads,
-        {
-            "id": thread_id,
-            "tenant_id": tenant_id,
-            "contact_pk": contact_pk,
-            "context_type": None,
-            "context_id": None,
-            "token": secrets.token_hex(6),
-            "created_at": now,
-            "last_message_at": now,
-        },
-    )
-    return thread_id
-
-
 # --- attachments ---------------------------------------------------------------------------------
 
 _HAS_FILE = (
@@ -252,39 +228,3 @@ async def insert_attachments(conn: AsyncConnection, rows: list[dict[str, Any]]) 
 
 
 # --- drops ---------------------------------------------------------------------------------------
-
-_INSERT_DROP = sa.insert(drops).returning(drops.c.id)
-
-
-async def insert_drop(
-    conn: AsyncConnection,
-    *,
-    tenant_id: str | None,
-    reason: str,
-    sender: str,
-    recipient: str,
-    size_bytes: int,
-    detail: str,
-    email_message_id: str | None,
-    subject: str | None,
-    now: datetime,
-) -> int:
-    """An email drop record (listed to the tenant, or to the admin when ``tenant_id`` is None)."""
-    row = await fetch_one(
-        conn,
-        _INSERT_DROP,
-        {
-            "tenant_id": tenant_id,
-            "channel": "email",
-            "reason": reason,
-            "sender": sender[:320],
-            "recipient": recipient[:320],
-            "size_bytes": size_bytes,
-            "detail": detail,
-            "email_message_id": email_message_id[:998] if email_message_id else None,
-            "subject": subject[:998] if subject else None,
-            "created_at": now,
-        },
-    )
-    assert row is not None  # RETURNING id of the row just inserted
-    return int(row["id"])

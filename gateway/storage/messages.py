@@ -62,7 +62,7 @@ async def find_or_create_thread(
     """
     addresses = tuple(a for a in addresses if a)
     if contact_pk is None and not addresses:
-        return await _create_thread(conn, tenant_id, None, context, now), True
+        return await create_thread(conn, tenant_id, None, context, now), True
     found = await _find_thread(conn, tenant_id, contact_pk, context, addresses)
     if found is not None:
         return found, False
@@ -71,7 +71,7 @@ async def find_or_create_thread(
     found = await _find_thread(conn, tenant_id, contact_pk, context, addresses)
     if found is not None:
         return found, False
-    return await _create_thread(conn, tenant_id, contact_pk, context, now), True
+    return await create_thread(conn, tenant_id, contact_pk, context, now), True
 
 
 async def _find_thread(
@@ -111,13 +111,14 @@ async def _find_thread(
     return str(found) if found is not None else None
 
 
-async def _create_thread(
+async def create_thread(
     conn: AsyncConnection,
     tenant_id: str,
     contact_pk: int | None,
     context: tuple[str, str] | None,
     now: datetime,
 ) -> str:
+    """A new conversation of the contact (or of nobody), for ``context`` if given."""
     thread_id = new_id("thr")
     await insert(
         conn,

@@ -31,8 +31,8 @@ from gateway.config import load
 from gateway.http.context import ApiContext
 from gateway.runtime import Runtime
 from gateway.services.events import event_cursor
+from gateway.storage import drops as drops_repo
 from gateway.storage import events as events_repo
-from gateway.storage import inbound as inbound_store
 from gateway.storage import messages as repo
 from gateway.storage.db import Database, make_engine
 from gateway.storage.tables import attachments, threads
@@ -332,8 +332,9 @@ async def test_tenants_never_see_each_other(api: Any, api_context: ApiContext, c
     for tenant_id in (a["id"], None):
         drop_ids.append(
             await api_context.db.write(
-                lambda conn, t=tenant_id: inbound_store.insert_drop(
+                lambda conn, t=tenant_id: drops_repo.insert_drop(
                     conn,
+                    channel="sms",
                     tenant_id=t,
                     reason="reply_too_old" if t else "unsolicited",
                     sender=JAN,
