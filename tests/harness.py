@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+import datetime as dt
+import ipaddress
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
 from gateway.runtime import Runtime
+
+if TYPE_CHECKING:
+    from conftest import DbTarget
+
+POOL = ["+48500000001", "+48500000002"]
 
 
 @contextlib.asynccontextmanager
@@ -26,6 +35,101 @@ async def running(runtime: Runtime, start_timeout: float = 20) -> AsyncIterator[
     finally:
         runtime.stop.set()
         await asyncio.wait_for(task, 20)
+
+
+def toml_keys(keys: Mapping[str, Any]) -> str:
+    """``key = value`` lines (JSON strings, numbers, booleans and arrays are valid TOML values)."""
+    return "\n".join(f"{k} = {json.dumps(v)}" for k, v in keys.items())
+
+
+def config_head(target: DbTarget, tmp_path: Path, token: str | None = None) -> str:
+    """The start of every in-process daemon's TOML: the test database, HTTP on port 0 (with the
+    admin token, if any) and data under ``tmp_path``."""
+    admin = "" if token is None else f'admin_token = "{token}"\n'
+    return f"""
+[database]
+url = "{target.url}"
+schema = "{target.pg_schema or ""}"
+[http]
+port = 0
+{admin}[storage]
+data_dir = "{tmp_path / "data"}"
+"""
+
+
+def daemon_config(
+    target: DbTarget,
+    tmp_path: Path,
+    *,
+    token: str,
+    smsc_port: int | None,
+    sms: Mapping[str, Any] | None = None,
+    queue: Mapping[str, Any] | None = None,
+    connector: Mapping[str, Any] | None = None,
+    extra: str = "",
+) -> Path:
+    """Write ``tmp_path/gateway.toml`` for an in-process daemon: the test database, HTTP on port 0,
+    the two-number SMS pool, a fast queue, and connector "main" bound to the test SMSC on
+    ``smsc_port`` (none if None). ``sms``/``queue``/``connector`` add or override keys of those
+    tables; ``extra`` is more TOML appended at the end (it must open its own tables)."""
+    smpp = ""
+    if smsc_port is not None:
+        main = {"name": "main", "host": "127.0.0.1", "port": smsc_port, "system_id": "gw"}
+        smpp = "[[smpp.connectors]]\n" + toml_keys(
+            {**main, "password": "secret", "tps": 0, **(connector or {})}
+        )
+    path = tmp_path / "gateway.toml"
+    path.write_text(
+        config_head(target, tmp_path, token)
+        + f"""[sms]
+{toml_keys({"pool": POOL, "allowed_regions": ["PL"], **(sms or {})})}
+[queue]
+{toml_keys({"poll_interval_seconds": 0.05, **(queue or {})})}
+[daemon]
+shutdown_timeout_seconds = 5
+{smpp}
+{extra}
+"""
+    )
+    return path
+
+
+def self_signed_cert(directory: Path, host: str = "localhost") -> tuple[Path, Path]:
+    """(cert.pem, key.pem) in ``directory``: a self-signed CA certificate for ``host`` and 127.0.0.1,
+    which a client can trust as its own CA file."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName(host), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_path, key_path
 
 
 def h(auth: dict[str, str]) -> dict[str, str]:

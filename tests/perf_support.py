@@ -9,6 +9,9 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
+import socket
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -20,6 +23,65 @@ from gateway.storage.migrate import upgrade
 ROOT = Path(__file__).resolve().parents[1]
 PG_URL = os.environ.get("GATEWAY_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 TOKEN = "bench-admin-token-0123456789"
+
+
+def tool(name: str) -> str | None:
+    """A Postfix test program (smtp-sink, smtp-source): on PATH or in /usr/sbin, else None."""
+    return shutil.which(name) or (f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}") else None)
+
+
+SMTP_SINK = tool("smtp-sink")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def wait_port(port: int, proc: asyncio.subprocess.Process, what: str) -> None:
+    """Until ``port`` accepts a connection (15 s at most); fails early if ``proc`` exited."""
+    async with asyncio.timeout(15):
+        while True:
+            if proc.returncode is not None:
+                raise RuntimeError(f"{what} exited ({proc.returncode})")
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                await asyncio.sleep(0.05)
+                continue
+            writer.close()
+            return
+
+
+async def start_sink(port: int) -> tuple[asyncio.subprocess.Process, str]:
+    """An SMTP server on ``port`` that accepts every message and throws it away: Postfix's
+    smtp-sink, or tests/smtp_sink.py without Postfix. Returns the process and which one it is."""
+    if SMTP_SINK:
+        # -u: the user to run as after binding (root would otherwise switch to "postfix");
+        # 256: the listen backlog.
+        user = "postfix" if os.geteuid() == 0 else os.environ.get("USER", "nobody")
+        args = [SMTP_SINK, "-u", user, f"127.0.0.1:{port}", "256"]
+        kind = "postfix smtp-sink"
+    else:
+        args = [sys.executable, str(ROOT / "tests" / "smtp_sink.py"), "--port", str(port)]
+        kind = "tests/smtp_sink.py"
+    proc = await asyncio.create_subprocess_exec(
+        *args, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+    )
+    await wait_port(port, proc, "the sink")
+    return proc, kind
+
+
+async def stop_process(proc: asyncio.subprocess.Process) -> None:
+    """SIGTERM, then SIGKILL after 10 s."""
+    if proc.returncode is None:
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), 10)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
 
 
 async def fresh_database(backend: str, workdir: Path) -> tuple[str, str]:

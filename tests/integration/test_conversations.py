@@ -21,7 +21,7 @@ import aiohttp
 import pytest
 import sqlalchemy as sa
 from conftest import PG_URL, DbTarget, FakeClock
-from harness import ApiClient, eventually, running
+from harness import POOL, ApiClient, daemon_config, eventually, running
 from harness import h as _h
 from smsc import SmscSimulator
 from smtp_sink import SmtpSink
@@ -38,7 +38,6 @@ from gateway.storage.db import Database, make_engine
 from gateway.storage.tables import attachments, threads
 
 TOKEN = "conversations-admin-token-0123456789"
-POOL = ["+48500000001", "+48500000002"]
 JAN = "+48500100200"
 ANNA = "+48500100300"
 REPAIR = {"type": "repair", "id": "R-1042"}
@@ -97,37 +96,14 @@ class Gateway(ApiClient):
 async def gateway(
     target: DbTarget, tmp_path: Path, sim: SmscSimulator, extra: str = "", **runtime_kw: Any
 ) -> AsyncIterator[Gateway]:
-    path = tmp_path / "gateway.toml"
-    path.write_text(
-        f"""
-[database]
-url = "{target.url}"
-schema = "{target.pg_schema or ""}"
-[http]
-port = 0
-admin_token = "{TOKEN}"
-[storage]
-data_dir = "{tmp_path / "data"}"
-[sms]
-pool = {POOL!r}
-allowed_regions = ["PL"]
-[queue]
-poll_interval_seconds = 0.05
-retry_base_seconds = 0.1
-retry_max_seconds = 0.5
-[daemon]
-shutdown_timeout_seconds = 5
-[[smpp.connectors]]
-name = "main"
-host = "127.0.0.1"
-port = {sim.port}
-system_id = "gw"
-password = "secret"
-tps = 0
-enquire_link_seconds = 1
-response_timeout_seconds = 1
-{extra}
-""".replace("'", '"')
+    path = daemon_config(
+        target,
+        tmp_path,
+        token=TOKEN,
+        smsc_port=sim.port,
+        queue={"retry_base_seconds": 0.1, "retry_max_seconds": 0.5},
+        connector={"enquire_link_seconds": 1, "response_timeout_seconds": 1},
+        extra=extra,
     )
     runtime = Runtime(config=load(path, {}), config_path=str(path), environ={}, **runtime_kw)
     async with running(runtime):

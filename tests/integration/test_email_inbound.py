@@ -19,7 +19,7 @@ import aiosmtplib
 import pytest
 import sqlalchemy as sa
 from conftest import MAIL_DOMAIN, MESSAGE_ID_KEY, DbTarget, FakeClock
-from harness import ApiClient, running
+from harness import ApiClient, config_head, running
 
 from gateway.config import load
 from gateway.domain.email_ids import make_message_id
@@ -471,16 +471,8 @@ async def test_the_daemon_wires_smtp_to_the_inbound_pipeline(db_target: DbTarget
         dead_dns = s.getsockname()[1]
     path = tmp_path / "gateway.toml"
     path.write_text(
-        f"""
-[database]
-url = "{db_target.url}"
-schema = "{db_target.pg_schema or ""}"
-[http]
-port = 0
-admin_token = "{ADMIN}"
-[storage]
-data_dir = "{tmp_path / "data"}"
-[smtp]
+        config_head(db_target, tmp_path, ADMIN)
+        + f"""[smtp]
 enabled = true
 port = 0
 mail_domain = "{MAIL_DOMAIN}"

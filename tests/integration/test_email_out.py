@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import email
 import email.policy
-import json
 import os
 import re
 import ssl
@@ -26,7 +25,7 @@ import dkim
 import pytest
 import sqlalchemy as sa
 from conftest import MAIL_DOMAIN, MESSAGE_ID_KEY, DbTarget
-from harness import ApiClient, running
+from harness import ApiClient, daemon_config, running, toml_keys
 from harness import h as _h
 from smsc import SmscSimulator
 from smtp_sink import DROP, SmtpSink, make_dsn
@@ -146,50 +145,26 @@ async def gateway(
     relay: dict[str, Any] | None = None,
 ) -> AsyncIterator[Gateway]:
     relay_keys = {"host": "127.0.0.1", "port": sink.port, "starttls": False, **(relay or {})}
-    smpp = ""
-    if sim is not None:
-        smpp = f"""
-[[smpp.connectors]]
-name = "main"
-host = "127.0.0.1"
-port = {sim.port}
-system_id = "gw"
-password = "secret"
-tps = 0
-enquire_link_seconds = 1
-"""
-    path = tmp_path / "gateway.toml"
-    path.write_text(
-        f"""
-[database]
-url = "{target.url}"
-schema = "{target.pg_schema or ""}"
-[http]
-port = 0
-admin_token = "{TOKEN}"
-[storage]
-data_dir = "{tmp_path / "data"}"
-[sms]
-pool = ["+48500000001", "+48500000002"]
-[queue]
-poll_interval_seconds = 0.05
-lease_seconds = 10
-retry_base_seconds = 0.2
-retry_max_seconds = 0.5
-max_attempts = 4
-[daemon]
-shutdown_timeout_seconds = 5
+    email = f"""
 [smtp]
 enabled = true
 port = 0
 mail_domain = "{MAIL_DOMAIN}"
 message_id_secret = "{SECRET}"
 [relay]
-{chr(10).join(f"{k} = {json.dumps(v)}" for k, v in relay_keys.items())}
+{toml_keys(relay_keys)}
 [dkim]
 selector = "{SELECTOR}"
 private_key_file = "{dkim_file or ""}"
-{smpp}"""
+"""
+    path = daemon_config(
+        target,
+        tmp_path,
+        token=TOKEN,
+        smsc_port=None if sim is None else sim.port,
+        queue={"lease_seconds": 10, "retry_base_seconds": 0.2, "retry_max_seconds": 0.5, "max_attempts": 4},
+        connector={"enquire_link_seconds": 1},
+        extra=email,
     )
     runtime = Runtime(config=load(path, {}), config_path=str(path), environ={})
     async with running(runtime):

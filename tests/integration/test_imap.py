@@ -23,7 +23,7 @@ import aiohttp
 import pytest
 import sqlalchemy as sa
 from conftest import MAIL_DOMAIN, MESSAGE_ID_KEY, DbTarget
-from harness import eventually, running
+from harness import config_head, eventually, running
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from imap_server import PASSWORD, Dovecot, TcpProxy, dovecot_server, free_port
@@ -556,15 +556,8 @@ async def test_runtime_starts_pollers_and_reports_them(
     await dovecot.client(user).a_append(raw)
     path = tmp_path / "gateway.toml"
     path.write_text(
-        f"""
-[database]
-url = "{db_target.url}"
-schema = "{db_target.pg_schema or ""}"
-[http]
-port = 0
-[storage]
-data_dir = "{tmp_path / "data"}"
-[daemon]
+        config_head(db_target, tmp_path)
+        + f"""[daemon]
 shutdown_timeout_seconds = 5
 [smtp]
 mail_domain = "{DOMAIN}"

@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 from conftest import DbTarget, FakeClock
-from harness import ApiClient, eventually, running
+from harness import ApiClient, daemon_config, eventually, running
 from harness import h as _h
 from smsc import SmscSimulator
 from test_api_messages import credits, new_tenant, put_contact
@@ -433,33 +433,8 @@ TOKEN = "notify-admin-token-0123456789"
 async def daemon(
     target: DbTarget, tmp_path: Path, sim: SmscSimulator, clock: FakeClock
 ) -> AsyncIterator[ApiClient]:
-    path = tmp_path / "gateway.toml"
-    path.write_text(
-        f"""
-[database]
-url = "{target.url}"
-schema = "{target.pg_schema or ""}"
-[http]
-port = 0
-admin_token = "{TOKEN}"
-[storage]
-data_dir = "{tmp_path / "data"}"
-[sms]
-pool = ["+48500000001", "+48500000002"]
-allowed_regions = ["PL"]
-[queue]
-poll_interval_seconds = 0.05
-[daemon]
-shutdown_timeout_seconds = 5
-[[smpp.connectors]]
-name = "main"
-host = "127.0.0.1"
-port = {sim.port}
-system_id = "gw"
-password = "secret"
-tps = 0
-enquire_link_seconds = 1
-"""
+    path = daemon_config(
+        target, tmp_path, token=TOKEN, smsc_port=sim.port, connector={"enquire_link_seconds": 1}
     )
     runtime = Runtime(config=load(path, {}), config_path=str(path), environ={}, clock=clock)
     async with running(runtime):

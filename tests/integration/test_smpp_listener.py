@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import ssl
 import struct
 from collections.abc import AsyncIterator
@@ -21,7 +20,7 @@ import aiohttp
 import pytest
 import sqlalchemy as sa
 from conftest import DbTarget, FakeClock
-from harness import ApiClient, eventually, running
+from harness import ApiClient, daemon_config, eventually, running, self_signed_cert
 from harness import h as _h
 from smpp_carrier import Carrier, close_all, cstr
 from smsc import (
@@ -253,38 +252,8 @@ async def test_outbind_binds_back_with_the_connector_and_unbinds_at_shutdown() -
         assert transceiver.requests[-1].command_id == UNBIND
 
 
-def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return cert_file, key_file
-
-
 async def test_tls_listener(tmp_path: Path) -> None:
-    cert_file, key_file = _self_signed(tmp_path)
+    cert_file, key_file = self_signed_cert(tmp_path)
     config = SmppListenerConfig(name="tls", host="127.0.0.1", port=0, carriers=CARRIERS)
     recorder = Recorder()
     listener = SmppListener(
@@ -312,7 +281,6 @@ def _for_localhost(context: ssl.SSLContext) -> ssl.SSLContext:
 # --------------------------------------------------------------------------- through the daemon
 
 TOKEN = "listener-admin-token-0123456789"
-POOL = ["+48500000001", "+48500000002"]
 JAN = "+48500100200"
 
 
@@ -353,31 +321,7 @@ async def gateway(
 ) -> AsyncIterator[Gateway]:
     """The daemon with connector "main" (the test SMSC) and listener "edge" for "carrier1";
     ``carrier``: more lines for that carrier's table."""
-    path = tmp_path / "gateway.toml"
-    path.write_text(
-        f"""
-[database]
-url = "{target.url}"
-schema = "{target.pg_schema or ""}"
-[http]
-port = 0
-admin_token = "{TOKEN}"
-[storage]
-data_dir = "{tmp_path / "data"}"
-[sms]
-pool = {POOL!r}
-allowed_regions = ["PL"]
-[queue]
-poll_interval_seconds = 0.05
-[daemon]
-shutdown_timeout_seconds = 5
-[[smpp.connectors]]
-name = "main"
-host = "127.0.0.1"
-port = {sim.port}
-system_id = "gw"
-password = "secret"
-tps = 0
+    listener = f"""
 [[smpp.listeners]]
 name = "edge"
 port = 0
@@ -387,8 +331,8 @@ password = "cpw"
 connector = "main"
 outbind = true
 {carrier}
-""".replace("'", '"')
-    )
+"""
+    path = daemon_config(target, tmp_path, token=TOKEN, smsc_port=sim.port, extra=listener)
     runtime = Runtime(config=load(path, {}), config_path=str(path), environ={}, clock=clock)
     async with running(runtime):
         await sim.wait_bound(1, timeout=10)

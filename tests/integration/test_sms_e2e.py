@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 from conftest import DbTarget
-from harness import ApiClient, running
+from harness import POOL, ApiClient, daemon_config, running
 from harness import h as _h
 from smsc import SmscSimulator
 
@@ -23,7 +23,6 @@ from gateway.domain import sms_text
 from gateway.runtime import Runtime
 
 TOKEN = "e2e-admin-token-0123456789"
-POOL = ["+48500000001", "+48500000002"]
 
 
 class Gateway(ApiClient):
@@ -68,43 +67,13 @@ class Gateway(ApiClient):
 async def gateway(
     target: DbTarget, tmp_path: Path, sim: SmscSimulator, **smpp: Any
 ) -> AsyncIterator[Gateway]:
-    connector = {
-        "name": "main",
-        "host": "127.0.0.1",
-        "port": sim.port,
-        "system_id": "gw",
-        "password": "secret",
-        "window": 10,
-        "tps": 0,
-        "enquire_link_seconds": 1,
-        "response_timeout_seconds": 1,
-        **smpp,
-    }
-    lines = "\n".join(f"{k} = {v!r}".replace("'", '"') for k, v in connector.items())
-    path = tmp_path / "gateway.toml"
-    path.write_text(
-        f"""
-[database]
-url = "{target.url}"
-schema = "{target.pg_schema or ""}"
-[http]
-port = 0
-admin_token = "{TOKEN}"
-[storage]
-data_dir = "{tmp_path / "data"}"
-[sms]
-pool = {POOL!r}
-allowed_regions = ["PL"]
-[queue]
-poll_interval_seconds = 0.05
-lease_seconds = 10
-retry_base_seconds = 0.2
-retry_max_seconds = 1
-[daemon]
-shutdown_timeout_seconds = 5
-[[smpp.connectors]]
-{lines}
-""".replace("'", '"')
+    path = daemon_config(
+        target,
+        tmp_path,
+        token=TOKEN,
+        smsc_port=sim.port,
+        queue={"lease_seconds": 10, "retry_base_seconds": 0.2, "retry_max_seconds": 1},
+        connector={"window": 10, "enquire_link_seconds": 1, "response_timeout_seconds": 1, **smpp},
     )
     runtime = Runtime(config=load(path, {}), config_path=str(path), environ={})
     async with running(runtime):

@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 import sqlalchemy as sa
 from conftest import DbTarget, FakeClock
-from harness import ApiClient, eventually, running
+from harness import POOL, ApiClient, daemon_config, eventually, running
 from harness import h as _h
 from smsc import SmscSimulator
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -29,7 +29,6 @@ from gateway.storage.db import Database
 from gateway.storage.tables import contacts, drops, events, messages, sms_mo_parts
 
 TOKEN = "inbound-admin-token-0123456789"
-POOL = ["+48500000001", "+48500000002"]
 JAN = "+48500100200"
 ESME_RX_T_APPN = 0x64
 
@@ -91,36 +90,13 @@ def _digits(e164: str) -> str:
 async def gateway(
     target: DbTarget, tmp_path: Path, sim: SmscSimulator, clock: FakeClock, **sms: Any
 ) -> AsyncIterator[Gateway]:
-    sms_lines = "\n".join(f"{k} = {v!r}" for k, v in {"housekeeping_seconds": 0.05, **sms}.items())
-    path = tmp_path / "gateway.toml"
-    path.write_text(
-        f"""
-[database]
-url = "{target.url}"
-schema = "{target.pg_schema or ""}"
-[http]
-port = 0
-admin_token = "{TOKEN}"
-[storage]
-data_dir = "{tmp_path / "data"}"
-[sms]
-pool = {POOL!r}
-allowed_regions = ["PL"]
-{sms_lines}
-[queue]
-poll_interval_seconds = 0.05
-[daemon]
-shutdown_timeout_seconds = 5
-[[smpp.connectors]]
-name = "main"
-host = "127.0.0.1"
-port = {sim.port}
-system_id = "gw"
-password = "secret"
-tps = 0
-enquire_link_seconds = 1
-response_timeout_seconds = 1
-""".replace("'", '"')
+    path = daemon_config(
+        target,
+        tmp_path,
+        token=TOKEN,
+        smsc_port=sim.port,
+        sms={"housekeeping_seconds": 0.05, **sms},
+        connector={"enquire_link_seconds": 1, "response_timeout_seconds": 1},
     )
     runtime = Runtime(config=load(path, {}), config_path=str(path), environ={}, clock=clock)
     async with running(runtime):

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
-import ipaddress
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,11 +19,7 @@ import aiohttp
 import aiosmtplib
 import pytest
 from conftest import MESSAGE_ID_KEY, DbTarget
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-from harness import eventually, running
+from harness import config_head, eventually, running, self_signed_cert
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
@@ -356,34 +350,8 @@ async def test_ehlo_offers_our_extensions_and_never_auth() -> None:
 
 
 def make_cert(tmp_path: Path) -> tuple[str, str, bytes]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, HOST)])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName(HOST), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    pem = cert.public_bytes(serialization.Encoding.PEM)
-    (tmp_path / "cert.pem").write_bytes(pem)
-    (tmp_path / "key.pem").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return str(tmp_path / "cert.pem"), str(tmp_path / "key.pem"), pem
+    cert, key = self_signed_cert(tmp_path, HOST)
+    return str(cert), str(key), cert.read_bytes()
 
 
 async def test_starttls_with_a_configured_certificate(tmp_path: Path) -> None:
@@ -656,15 +624,8 @@ async def test_the_daemon_passes_the_smtp_keys_and_exposes_metrics(
     cert, key, _ = make_cert(tmp_path)
     path = tmp_path / "gateway.toml"
     path.write_text(
-        f"""
-[database]
-url = "{db_target.url}"
-schema = "{db_target.pg_schema or ""}"
-[http]
-port = 0
-[storage]
-data_dir = "{tmp_path / "data"}"
-[smtp]
+        config_head(db_target, tmp_path)
+        + f"""[smtp]
 enabled = true
 port = 0
 mail_domain = "{HOST}"

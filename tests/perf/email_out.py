@@ -22,7 +22,6 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -40,49 +39,19 @@ from perf_support import (  # noqa: E402
     TOKEN,
     bounded,
     drop_database,
+    free_port,
     fresh_database,
     proc_stats,
     start_daemon,
     start_profiler,
+    start_sink,
     stop_daemon,
+    stop_process,
     stop_profiler,
 )
 
-SMTP_SINK = shutil.which("smtp-sink") or (
-    "/usr/sbin/smtp-sink" if os.path.exists("/usr/sbin/smtp-sink") else None
-)
 _SENT = re.compile(r'^gateway_email_relay\{result="sent"\} ([0-9.e+]+)$', re.M)
 _FAILED = re.compile(r'^gateway_email_relay\{result="(?:failed|deferred)"\} ([0-9.e+]+)$', re.M)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def start_sink(port: int) -> tuple[asyncio.subprocess.Process, str]:
-    if SMTP_SINK:
-        # -u: the user to run as after binding (root would otherwise switch to "postfix");
-        # 256: the listen backlog. It accepts every message and throws it away.
-        user = "postfix" if os.geteuid() == 0 else os.environ.get("USER", "nobody")
-        args = [SMTP_SINK, "-u", user, f"127.0.0.1:{port}", "256"]
-        kind = "postfix smtp-sink"
-    else:
-        args = [sys.executable, str(ROOT / "tests" / "smtp_sink.py"), "--port", str(port)]
-        kind = "tests/smtp_sink.py"
-    proc = await asyncio.create_subprocess_exec(
-        *args, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
-    )
-    async with asyncio.timeout(10):
-        while True:
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", port)
-            except OSError:
-                await asyncio.sleep(0.05)
-                continue
-            writer.close()
-            return proc, kind
 
 
 async def keygen(workdir: Path) -> Path:
@@ -219,11 +188,7 @@ log_level = "WARNING"
         }
     finally:
         await stop_daemon(proc)
-        sink.terminate()
-        try:
-            await asyncio.wait_for(sink.wait(), 10)
-        except TimeoutError:
-            sink.kill()
+        await stop_process(sink)
         await drop_database(schema)
         shutil.rmtree(workdir, ignore_errors=True)
 

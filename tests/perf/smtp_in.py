@@ -39,11 +39,9 @@ import asyncio
 import contextlib
 import email.utils
 import json
-import os
 import re
 import secrets
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
@@ -71,24 +69,23 @@ from perf_support import (  # noqa: E402
     TOKEN,
     bounded,
     drop_database,
+    free_port,
     fresh_database,
     proc_stats,
     start_daemon,
     start_profiler,
+    start_sink,
     stop_daemon,
+    stop_process,
     stop_profiler,
+    tool,
+    wait_port,
 )
 
 from gateway.storage.db import make_engine  # noqa: E402
 from gateway.storage.tables import drops, messages  # noqa: E402
 
-
-def _tool(name: str) -> str | None:
-    return shutil.which(name) or (f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}") else None)
-
-
-SMTP_SOURCE = _tool("smtp-source")
-SMTP_SINK = _tool("smtp-sink")
+SMTP_SOURCE = tool("smtp-source")
 MAIL_DOMAIN = "mail.bench.example"
 CUSTOMERS = "klienci.example"  # the contacts' domain (the DNS stub publishes SPF and DMARC for it)
 DNS_RECORDS = {
@@ -96,12 +93,6 @@ DNS_RECORDS = {
     f"_dmarc.{CUSTOMERS}": ["v=DMARC1; p=reject"],
 }
 _SENT = re.compile(r'^gateway_email_relay\{result="sent"\} ([0-9.e+]+)$', re.M)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def customer(i: int) -> str:
@@ -150,44 +141,6 @@ class DnsStub(asyncio.DatagramProtocol):
 
 
 # --- servers ---------------------------------------------------------------------------------------
-
-
-async def wait_port(port: int, proc: asyncio.subprocess.Process, what: str) -> None:
-    async with asyncio.timeout(15):
-        while True:
-            if proc.returncode is not None:
-                raise RuntimeError(f"{what} exited ({proc.returncode})")
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", port)
-            except OSError:
-                await asyncio.sleep(0.05)
-                continue
-            writer.close()
-            return
-
-
-async def start_sink(port: int) -> asyncio.subprocess.Process:
-    if SMTP_SINK:
-        # -u: the user to run as after binding (root would otherwise switch to "postfix"); 256: backlog.
-        user = "postfix" if os.geteuid() == 0 else os.environ.get("USER", "nobody")
-        args = [SMTP_SINK, "-u", user, f"127.0.0.1:{port}", "256"]
-    else:
-        args = [sys.executable, str(ROOT / "tests" / "smtp_sink.py"), "--port", str(port)]
-    proc = await asyncio.create_subprocess_exec(
-        *args, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
-    )
-    await wait_port(port, proc, "the sink")
-    return proc
-
-
-async def stop_process(proc: asyncio.subprocess.Process) -> None:
-    if proc.returncode is None:
-        proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), 10)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
 
 
 def bare_server(port: int) -> None:
@@ -415,7 +368,7 @@ async def run_gateway(backend: str, args: argparse.Namespace) -> dict[str, Any]:
         cleanup.callback(dns_transport.close)
         dns_port = dns_transport.get_extra_info("sockname")[1]
         sink_port, smtp_port = free_port(), free_port()
-        sink = await start_sink(sink_port)
+        sink, _ = await start_sink(sink_port)
         cleanup.push_async_callback(stop_process, sink)
         result, stored, dropped = await _gateway_load(
             args, workdir, url, schema, dns_port, sink_port, smtp_port, cleanup
