@@ -139,25 +139,32 @@ async def target(conn: AsyncConnection, tenant_id: str) -> Target | None:
     return Target(row[0], row[1] or "", (int(row[2]), int(row[3])), int(row[4]), row[5], row[6])
 
 
+async def _update_leased(conn: AsyncConnection, tenant_id: str, owner: str, **values: Any) -> bool:
+    """Change the tenant's cursor only while ``owner`` holds its lease; False when it no longer does
+    (the lease expired and another daemon took it)."""
+    result = await conn.execute(
+        sa.update(_C).where(_C.c.tenant_id == tenant_id, _C.c.lease_owner == owner).values(**values)
+    )
+    return bool(result.rowcount)
+
+
 async def delivered(
     conn: AsyncConnection, tenant_id: str, owner: str, position: Position, now: datetime
 ) -> bool:
     """The event was accepted: move past it and forget earlier failures. False: not our lease."""
-    result = await conn.execute(
-        sa.update(_C)
-        .where(_C.c.tenant_id == tenant_id, _C.c.lease_owner == owner)
-        .values(
-            last_xid=position[0],
-            last_event_id=position[1],
-            attempts=0,
-            next_attempt_at=None,
-            failing_since=None,
-            last_error=None,
-            last_delivered_at=now,
-            updated_at=now,
-        )
+    return await _update_leased(
+        conn,
+        tenant_id,
+        owner,
+        last_xid=position[0],
+        last_event_id=position[1],
+        attempts=0,
+        next_attempt_at=None,
+        failing_since=None,
+        last_error=None,
+        last_delivered_at=now,
+        updated_at=now,
     )
-    return bool(result.rowcount)
 
 
 async def attempt_failed(
@@ -172,20 +179,18 @@ async def attempt_failed(
     now: datetime,
 ) -> bool:
     """Back off until ``next_attempt_at`` and let the lease go (any daemon may take it up then)."""
-    result = await conn.execute(
-        sa.update(_C)
-        .where(_C.c.tenant_id == tenant_id, _C.c.lease_owner == owner)
-        .values(
-            attempts=attempts,
-            next_attempt_at=next_attempt_at,
-            failing_since=failing_since,
-            last_error=error[:500],
-            lease_owner=None,
-            lease_until=None,
-            updated_at=now,
-        )
+    return await _update_leased(
+        conn,
+        tenant_id,
+        owner,
+        attempts=attempts,
+        next_attempt_at=next_attempt_at,
+        failing_since=failing_since,
+        last_error=error[:500],
+        lease_owner=None,
+        lease_until=None,
+        updated_at=now,
     )
-    return bool(result.rowcount)
 
 
 async def give_up(
@@ -202,21 +207,20 @@ async def give_up(
     now: datetime,
 ) -> bool:
     """The event's retry window is over: record it as failed and move on to the next one."""
-    result = await conn.execute(
-        sa.update(_C)
-        .where(_C.c.tenant_id == tenant_id, _C.c.lease_owner == owner)
-        .values(
-            last_xid=position[0],
-            last_event_id=position[1],
-            attempts=0,
-            next_attempt_at=None,
-            # Still failing (the endpoint is down): kept until an event gets through.
-            failing_since=first_failed_at,
-            last_error=error[:500],
-            updated_at=now,
-        )
+    moved = await _update_leased(
+        conn,
+        tenant_id,
+        owner,
+        last_xid=position[0],
+        last_event_id=position[1],
+        attempts=0,
+        next_attempt_at=None,
+        # Still failing (the endpoint is down): kept until an event gets through.
+        failing_since=first_failed_at,
+        last_error=error[:500],
+        updated_at=now,
     )
-    if not result.rowcount:
+    if not moved:
         return False
     await conn.execute(
         sa.insert(webhook_failures).values(
