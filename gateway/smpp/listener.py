@@ -68,6 +68,7 @@ from gateway.smpp.errors import PduDecodeError
 from gateway.smpp.pool import ConnectorPool
 from gateway.smpp.session import OnDeliver, SmppSession
 from gateway.smpp.types import DeliverSm
+from gateway.tls import server_context
 
 log = logging.getLogger(__name__)
 
@@ -120,11 +121,8 @@ def peer_address(writer: asyncio.StreamWriter) -> tuple[IpAddress | None, str]:
     return ip, f"{host}:{peer[1]}"
 
 
-def server_ssl_context(cert_file: str, key_file: str) -> ssl.SSLContext:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(cert_file, key_file)
-    return context
+#: TLS from the first byte for carriers that ask for it (gateway.tls, shared with SMTP STARTTLS).
+server_ssl_context = server_context
 
 
 class SmppListener:

@@ -52,6 +52,7 @@ from aiosmtpd.smtp import MISSING, SMTP, TLSSetupException, _AuthMechAttr
 from prometheus_client import CollectorRegistry, Gauge
 
 from gateway.smtp.errors import SmtpTlsError
+from gateway.tls import server_context
 
 log = logging.getLogger(__name__)
 
@@ -215,12 +216,9 @@ def server_tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
 
     No client certificates are asked for (an MX cannot know its peers' CAs), TLS 1.2 or newer."""
     try:
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        ctx.load_cert_chain(cert_file, key_file)
+        return server_context(cert_file, key_file)
     except (OSError, ssl.SSLError) as exc:
         raise SmtpTlsError("smtp.tls_cert", f"cannot load {cert_file} / {key_file}: {exc}") from None
-    return ctx
 
 
 #: "<local@domain>" where both sides are RFC 5322 dot-atoms (§3.2.3) of ASCII atext: no quotes,
