@@ -21,10 +21,11 @@ from gateway.runtime.base import JobHandler, StartupError, Wiring, log
 from gateway.services.delivery import SmsDelivery
 from gateway.services.inbound import InboundSettings, InboundSmsService
 from gateway.services.sms_submit import SmsSubmitter
-from gateway.smpp.listener import SmppListener, server_ssl_context
+from gateway.smpp.listener import SmppListener
 from gateway.smpp.pool import ConnectorPool
 from gateway.smpp.session import SmppSession
 from gateway.smpp.types import DeliverSm, to_inbound
+from gateway.tls import server_context
 
 __all__ = ["SmppStarted", "start_smpp"]
 
@@ -159,7 +160,7 @@ async def _start_listeners(
     listeners: list[SmppListener] = []
     for lc in cfg.smpp.listeners:
         try:
-            context = server_ssl_context(lc.tls_cert_file, lc.tls_key_file) if lc.tls_cert_file else None
+            context = server_context(lc.tls_cert_file, lc.tls_key_file) if lc.tls_cert_file else None
         except (OSError, ssl.SSLError) as exc:
             why = f"smpp listener {lc.name}: cannot load its TLS certificate: {exc}"
             raise StartupError(why) from None

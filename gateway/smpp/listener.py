@@ -68,7 +68,6 @@ from gateway.smpp.errors import PduDecodeError
 from gateway.smpp.pool import ConnectorPool
 from gateway.smpp.session import OnDeliver, SmppSession
 from gateway.smpp.types import DeliverSm
-from gateway.tls import server_context
 
 log = logging.getLogger(__name__)
 
@@ -119,10 +118,6 @@ def peer_address(writer: asyncio.StreamWriter) -> tuple[IpAddress | None, str]:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     return ip, f"{host}:{peer[1]}"
-
-
-#: TLS from the first byte for carriers that ask for it (gateway.tls, shared with SMTP STARTTLS).
-server_ssl_context = server_context
 
 
 class SmppListener:

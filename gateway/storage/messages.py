@@ -22,25 +22,6 @@ def new_id(prefix: str) -> str:
 # --- threads -----------------------------------------------------------------------------------
 
 
-async def thread_exists(conn: AsyncConnection, tenant_id: str, thread_id: str) -> bool:
-    q = sa.select(threads.c.id).where(threads.c.id == thread_id, threads.c.tenant_id == tenant_id)
-    return (await conn.execute(q)).first() is not None
-
-
-async def thread_for(
-    conn: AsyncConnection,
-    *,
-    tenant_id: str,
-    contact_pk: int | None,
-    context: tuple[str, str] | None,
-    now: datetime,
-) -> str:
-    thread_id, _created = await find_or_create_thread(
-        conn, tenant_id=tenant_id, contact_pk=contact_pk, context=context, now=now
-    )
-    return thread_id
-
-
 async def find_or_create_thread(
     conn: AsyncConnection,
     *,

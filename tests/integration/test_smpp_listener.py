@@ -38,9 +38,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from gateway.config import SmppCarrierConfig, SmppConnectorConfig, SmppListenerConfig, load
 from gateway.domain.sms_text import Encoding, encode_parts
 from gateway.runtime import Runtime
-from gateway.smpp.listener import SmppListener, server_ssl_context
+from gateway.smpp.listener import SmppListener
 from gateway.smpp.types import DeliverSm
 from gateway.storage.tables import messages
+from gateway.tls import server_context
 
 ESME_ROK, ESME_RINVCMDLEN, ESME_RINVCMDID, ESME_RBINDFAIL, ESME_RX_T_APPN = 0x00, 0x02, 0x03, 0x0D, 0x64
 SUBMIT_SM = 0x04
@@ -257,7 +258,7 @@ async def test_tls_listener(tmp_path: Path) -> None:
     config = SmppListenerConfig(name="tls", host="127.0.0.1", port=0, carriers=CARRIERS)
     recorder = Recorder()
     listener = SmppListener(
-        config, on_deliver=recorder, ssl_context=server_ssl_context(str(cert_file), str(key_file))
+        config, on_deliver=recorder, ssl_context=server_context(str(cert_file), str(key_file))
     )
     await listener.start()
     try:
