@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -582,22 +582,31 @@ def _no_line_breaks(value: str | None, field: str) -> None:
         raise InvalidInputError(field, "must not contain line breaks (CR or LF)")
 
 
-def _check_shape(req: SendRequest) -> None:
-    if not req.channels:
+def check_channels(channels: Sequence[str]) -> None:
+    """At least one channel, each "sms" or "email", none twice (messages and rules alike)."""
+    if not channels:
         raise InvalidInputError("channels", "name at least one channel")
-    for i, ch in enumerate(req.channels):
+    for i, ch in enumerate(channels):
         if ch not in (Channel.SMS, Channel.EMAIL):
             raise InvalidInputError(f"channels[{i}]", f"unknown channel {ch!r}; use 'sms' or 'email'")
-    if len(set(req.channels)) != len(req.channels):
+    if len(set(channels)) != len(channels):
         raise InvalidInputError("channels", "a channel is named twice")
+
+
+def check_category(category: str) -> None:
+    if category not in ("transactional", "marketing"):
+        raise InvalidInputError("category", "must be 'transactional' or 'marketing'")
+
+
+def _check_shape(req: SendRequest) -> None:
+    check_channels(req.channels)
     if req.contact_id is None and req.to_phone is None and req.to_email is None:
         raise InvalidInputError("contact_id", "give contact_id or to")
     if req.contact_id is not None and (req.to_phone or req.to_email):
         raise InvalidInputError("to", "give either contact_id or to, not both")
     if not req.text.strip():
         raise InvalidInputError("text", "must not be empty")
-    if req.category not in ("transactional", "marketing"):
-        raise InvalidInputError("category", "must be 'transactional' or 'marketing'")
+    check_category(req.category)
     _no_line_breaks(req.subject, "subject")
     _no_line_breaks(req.to_email, "to.email")
 

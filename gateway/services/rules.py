@@ -22,7 +22,6 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway.domain.model import Channel
 from gateway.services import templates
 from gateway.services.errors import (
     ChannelsRefusedError,
@@ -31,7 +30,7 @@ from gateway.services.errors import (
     NotFoundError,
 )
 from gateway.services.notify import NotifyOptions, NotifyService, duration
-from gateway.services.outbound import SendRequest, request_hash
+from gateway.services.outbound import SendRequest, check_category, check_channels, request_hash
 from gateway.storage import messages as messages_repo
 from gateway.storage import rules as repo
 from gateway.storage import templates as templates_repo
@@ -201,15 +200,8 @@ class RuleService:
                 "event", "1-100 letters, digits, '.', '_', ':' or '-' (order.status_changed)"
             )
         templates.check_name(spec.template)
-        if not spec.channels:
-            raise InvalidInputError("channels", "name at least one channel")
-        for i, ch in enumerate(spec.channels):
-            if ch not in (Channel.SMS, Channel.EMAIL):
-                raise InvalidInputError(f"channels[{i}]", f"unknown channel {ch!r}; use 'sms' or 'email'")
-        if len(set(spec.channels)) != len(spec.channels):
-            raise InvalidInputError("channels", "a channel is named twice")
-        if spec.category not in ("transactional", "marketing"):
-            raise InvalidInputError("category", "must be 'transactional' or 'marketing'")
+        check_channels(spec.channels)
+        check_category(spec.category)
         delay = duration(spec.delay, "delay") if spec.delay is not None else None
         remind = duration(spec.remind_before, "remind_before") if spec.remind_before is not None else None
         if remind is not None and spec.time_field is None:

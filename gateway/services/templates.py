@@ -208,29 +208,28 @@ class TemplateService:
         if not await self.db.write(lambda conn: repo.delete(conn, tenant_id, name)):
             raise NotFoundError("template", name)
 
+    async def _template_and_hours(
+        self, tenant_id: str, name: str
+    ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        async def unit(conn: AsyncConnection) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+            template = await repo.get(conn, tenant_id, name)
+            tenant = await tenants_repo.load_tenant(conn, tenant_id)
+            return template, (tenant.business_hours if tenant else None)
+
+        return await self.db.read(unit)
+
     async def load_for_render(
         self, tenant_id: str, name: str
     ) -> tuple[dict[str, Any], dict[str, Any] | None]:
         """(the template, the tenant's business hours) in one read; 422 when the template is missing
         (at send time the name is a value in the request, not a resource in the path)."""
-
-        async def unit(conn: AsyncConnection) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-            template = await repo.get(conn, tenant_id, name)
-            tenant = await tenants_repo.load_tenant(conn, tenant_id)
-            return template, (tenant.business_hours if tenant else None)
-
-        template, hours = await self.db.read(unit)
+        template, hours = await self._template_and_hours(tenant_id, name)
         if template is None:
             raise InvalidInputError("template", f"no template named {name!r}")
         return template, hours
 
     async def preview(self, tenant_id: str, name: str, variables: Mapping[str, Any]) -> Rendered:
-        async def unit(conn: AsyncConnection) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-            template = await repo.get(conn, tenant_id, name)
-            tenant = await tenants_repo.load_tenant(conn, tenant_id)
-            return template, (tenant.business_hours if tenant else None)
-
-        template, hours = await self.db.read(unit)
+        template, hours = await self._template_and_hours(tenant_id, name)
         if template is None:
             raise NotFoundError("template", name)
         return render(template, variables, tenant_timezone(hours))
