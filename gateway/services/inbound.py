@@ -487,8 +487,9 @@ class InboundSmsService:
         now: datetime,
         parts: int = 1,
     ) -> None:
-        drop_id = await drops_repo.insert_drop(
+        await drops_repo.record_drop(
             conn,
+            announce=True,  # an SMS drop with a tenant is one of its customers' replies
             channel="sms",
             tenant_id=tenant_id,
             reason=reason,
@@ -498,22 +499,6 @@ class InboundSmsService:
             detail=detail if parts == 1 else f"{detail}; {parts} parts",
             now=now,
         )
-        if tenant_id is not None:
-            await repo.add_event(
-                conn,
-                tenant_id,
-                "message.dropped",
-                {  # the drop record as GET /v1/drops lists it
-                    "drop_id": drop_id,
-                    "channel": "sms",
-                    "reason": reason,
-                    "sender": sender,
-                    "recipient": recipient,
-                    "size_bytes": size,
-                    "detail": detail if parts == 1 else f"{detail}; {parts} parts",
-                },
-                now,
-            )
         log.info(
             "sms dropped",
             extra={"tenant_id": tenant_id, "reason": reason, "sender": sender, "recipient": recipient},

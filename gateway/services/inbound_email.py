@@ -558,8 +558,9 @@ class InboundEmailService:
         mail = msg.mail
         subject = mail.subject if mail else None
         email_message_id = mail.message_id if mail else None
-        drop_id = await drops_repo.insert_drop(
+        await drops_repo.record_drop(
             conn,
+            announce=deny.reason in _ANNOUNCED_DROPS,
             channel="email",
             tenant_id=tenant_id,
             reason=deny.reason,
@@ -571,22 +572,4 @@ class InboundEmailService:
             subject=subject,
             now=now,
         )
-        if tenant_id is not None and deny.reason in _ANNOUNCED_DROPS:
-            await repo.add_event(
-                conn,
-                tenant_id,
-                "message.dropped",
-                {  # the drop record as GET /v1/drops lists it
-                    "drop_id": drop_id,
-                    "channel": "email",
-                    "reason": deny.reason,
-                    "sender": msg.sender,
-                    "recipient": address.lower(),
-                    "size_bytes": msg.raw_size,
-                    "detail": deny.detail,
-                    "email_message_id": email_message_id,
-                    "subject": subject,
-                },
-                now,
-            )
         return RecipientOutcome(address, False, reason=deny.reason, detail=deny.detail)

@@ -7,14 +7,16 @@ belongs to nobody and is listed to the admin token (SPEC 2.3).
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.storage.db import fetch_one
+from gateway.storage.messages import add_event
 from gateway.storage.tables import drops
 
-__all__ = ["insert_drop"]
+__all__ = ["insert_drop", "record_drop"]
 
 _INSERT_DROP = sa.insert(drops).returning(drops.c.id)
 
@@ -39,17 +41,66 @@ async def insert_drop(
         conn,
         _INSERT_DROP,
         {
-            "tenant_id": tenant_id,
-            "channel": channel,
-            "reason": reason,
-            "sender": sender[:320],
-            "recipient": recipient[:320],
-            "size_bytes": size_bytes,
-            "detail": detail,
-            "email_message_id": email_message_id[:998] if email_message_id else None,
-            "subject": subject[:998] if subject else None,
+            **_values(
+                channel, tenant_id, reason, sender, recipient, size_bytes, detail, email_message_id, subject
+            ),
             "created_at": now,
         },
     )
     assert row is not None  # RETURNING the id of the row just inserted
     return int(row["id"])
+
+
+async def record_drop(
+    conn: AsyncConnection,
+    *,
+    announce: bool,
+    channel: str,
+    tenant_id: str | None,
+    reason: str,
+    sender: str,
+    recipient: str,
+    size_bytes: int,
+    detail: str,
+    now: datetime,
+    email_message_id: str | None = None,
+    subject: str | None = None,
+) -> int:
+    """:func:`insert_drop`, and when ``announce`` (and the drop is a tenant's) a ``message.dropped``
+    event carrying the record as GET /v1/drops lists it, in the same transaction."""
+    values = _values(
+        channel, tenant_id, reason, sender, recipient, size_bytes, detail, email_message_id, subject
+    )
+    row = await fetch_one(conn, _INSERT_DROP, {**values, "created_at": now})
+    assert row is not None
+    drop_id = int(row["id"])
+    if announce and tenant_id is not None:
+        payload = {"drop_id": drop_id, **{k: v for k, v in values.items() if k != "tenant_id"}}
+        if channel != "email":
+            del payload["email_message_id"], payload["subject"]
+        await add_event(conn, tenant_id, "message.dropped", payload, now)
+    return drop_id
+
+
+def _values(
+    channel: str,
+    tenant_id: str | None,
+    reason: str,
+    sender: str,
+    recipient: str,
+    size_bytes: int,
+    detail: str,
+    email_message_id: str | None,
+    subject: str | None,
+) -> dict[str, Any]:
+    return {
+        "tenant_id": tenant_id,
+        "channel": channel,
+        "reason": reason,
+        "sender": sender[:320],
+        "recipient": recipient[:320],
+        "size_bytes": size_bytes,
+        "detail": detail,
+        "email_message_id": email_message_id[:998] if email_message_id else None,
+        "subject": subject[:998] if subject else None,
+    }
