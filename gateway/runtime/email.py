@@ -101,6 +101,8 @@ async def start_email(w: Wiring, inbound_mail: InboundMailSink | None) -> EmailS
         sender = EmailSender(ctx.db, relay, w.clock, verp_key=key, mail_domain=cfg.smtp.mail_domain)
         send = sender.handle
         w.stack.push_async_callback(relay.close)  # after the job runner stopped (reverse order)
+        # Before the relay and the database close: record what the relay already took.
+        w.stack.push_async_callback(sender.drain, cfg.daemon.shutdown_timeout_seconds)
 
         async def relay_ready() -> tuple[bool, dict[str, Any]]:
             snap = relay.snapshot()

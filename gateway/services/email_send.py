@@ -269,7 +269,7 @@ class EmailSender:
                         )
 
                 try:
-                    await self.db.write(unit)
+                    await self.db.write_outcome(unit)  # the relay took these: not "failed, resend"
                 except Exception as exc:
                     log.exception("recording email outcomes failed", extra={"messages": len(batch)})
                     for o in batch:
@@ -283,6 +283,18 @@ class EmailSender:
                         log.info("email failed", extra={"message_id": o.message["id"], "reason": o.reason})
         finally:
             self._recording = False
+
+    async def drain(self, timeout: float) -> None:
+        """At shutdown, after the job runner stopped and before the database closes: let the
+        outcomes of mail the relay already took be recorded, or a restart would send it again."""
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
+        if pending:
+            log.warning("email outcomes still being recorded at the shutdown deadline")
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending)
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.create_task(coro, name=name)

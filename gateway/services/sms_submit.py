@@ -264,7 +264,7 @@ class SmsSubmitter:
                 )
 
         if by_message or rows:
-            await self.db.write(record)
+            await self.db.write_outcome(record)  # these parts went out: a failed write would resend them
         return retry
 
 

@@ -457,6 +457,23 @@ class Database:
         await self._queue.put(_Pending(unit, fut))
         return await fut
 
+    async def write_outcome(self, unit: Unit[T], *, attempts: int = 5, delay: float = 0.2) -> T:
+        """:meth:`write` for recording what already happened outside (a submit_sm the SMSC took, a
+        mail the relay took): a transient database error must not turn into "not sent" and a resend
+        to the customer, so the unit (atomic, hence safe to run again) is retried with backoff
+        before the error is raised. Not while closing: shutdown has its own deadline."""
+        for attempt in range(attempts):
+            try:
+                return await self.write(unit)
+            except Exception:
+                if self._closing or attempt == attempts - 1:
+                    raise
+                log.warning(
+                    "recording an outcome failed; retrying", exc_info=True, extra={"attempt": attempt + 1}
+                )
+                await asyncio.sleep(delay * 2**attempt)
+        raise AssertionError("unreachable")
+
     async def read(self, unit: Unit[T]) -> T:
         """Run a read-only ``unit`` on a pooled connection (its transaction is rolled back)."""
         async with self.engine.connect() as conn:

@@ -113,3 +113,22 @@ async def test_hot_path_insert_raises_the_same_integrity_error_everywhere(db: Da
     with pytest.raises(sa.exc.IntegrityError):
         await db.write(twice)
     assert await _count(db) == 1  # the unit's first insert went with it
+
+
+async def test_write_outcome_retries_a_failed_unit(db: Database) -> None:
+    """Recording what already went out (a submit_sm taken, a mail relayed) survives a transient
+    database error: the atomic unit runs again instead of the job being failed and resent."""
+    from gateway.storage.db import insert
+
+    tries = 0
+
+    async def unit(conn: AsyncConnection) -> int:
+        nonlocal tries
+        tries += 1
+        await insert(conn, sender_numbers, {"e164": "+48500000011", "active": True, "created_at": NOW})
+        if tries == 1:
+            raise ConnectionError("database went away for a moment")
+        return tries
+
+    assert await db.write_outcome(unit, delay=0.01) == 2
+    assert await _count(db) == 1  # the failed try left nothing behind
