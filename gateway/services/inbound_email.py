@@ -320,6 +320,9 @@ class InboundEmailService:
         existing = await store.stored_with_key(conn, rcpt.tenant_id, msg.inbound_key)
         if existing is not None:
             return RecipientOutcome(address, True, message_id=existing, duplicate=True)
+        refused = await drops_repo.dropped_with_key(conn, rcpt.tenant_id, msg.inbound_key)
+        if refused is not None:  # refused before (an IMAP re-read, an SMTP resend): same answer, once
+            return RecipientOutcome(address, False, reason=refused[0], detail=refused[1], duplicate=True)
         # Policy looks at the From address only: the envelope sender is not what the reader sees, and
         # DMARC (RFC 7489 §3.1) protects the From domain. A mail without a usable From is nobody's.
         contacts, contact_ids = await store.contacts_with_email(conn, rcpt.tenant_id, msg.author)
@@ -570,6 +573,8 @@ class InboundEmailService:
             detail=deny.detail,
             email_message_id=email_message_id,
             subject=subject,
+            # After the dedupe check (tenant drops of a readable mail): a second read finds this one.
+            inbound_key=msg.inbound_key if tenant_id is not None and msg.mail is not None else None,
             now=now,
         )
         return RecipientOutcome(address, False, reason=deny.reason, detail=deny.detail)

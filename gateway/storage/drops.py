@@ -16,7 +16,7 @@ from gateway.storage.db import fetch_one
 from gateway.storage.messages import add_event
 from gateway.storage.tables import drops
 
-__all__ = ["insert_drop", "record_drop"]
+__all__ = ["dropped_with_key", "insert_drop", "record_drop"]
 
 _INSERT_DROP = sa.insert(drops).returning(drops.c.id)
 
@@ -65,13 +65,14 @@ async def record_drop(
     now: datetime,
     email_message_id: str | None = None,
     subject: str | None = None,
+    inbound_key: str | None = None,
 ) -> int:
     """:func:`insert_drop`, and when ``announce`` (and the drop is a tenant's) a ``message.dropped``
     event carrying the record as GET /v1/drops lists it, in the same transaction."""
     values = _values(
         channel, tenant_id, reason, sender, recipient, size_bytes, detail, email_message_id, subject
     )
-    row = await fetch_one(conn, _INSERT_DROP, {**values, "created_at": now})
+    row = await fetch_one(conn, _INSERT_DROP, {**values, "inbound_key": inbound_key, "created_at": now})
     assert row is not None
     drop_id = int(row["id"])
     if announce and tenant_id is not None:
@@ -80,6 +81,19 @@ async def record_drop(
             del payload["email_message_id"], payload["subject"]
         await add_event(conn, tenant_id, "message.dropped", payload, now)
     return drop_id
+
+
+_DROPPED = (
+    sa.select(drops.c.reason, drops.c.detail)
+    .where(drops.c.tenant_id == sa.bindparam("t_id"), drops.c.inbound_key == sa.bindparam("key"))
+    .limit(1)
+)
+
+
+async def dropped_with_key(conn: AsyncConnection, tenant_id: str, key: str) -> tuple[str, str] | None:
+    """(reason, detail) of the drop already recorded for this inbound-email key, if any."""
+    row = await fetch_one(conn, _DROPPED, {"t_id": tenant_id, "key": key})
+    return (str(row["reason"]), str(row["detail"] or "")) if row else None
 
 
 def _values(

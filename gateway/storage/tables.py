@@ -307,8 +307,11 @@ drops = sa.Table(
     sa.Column("detail", sa.Text),
     sa.Column("email_message_id", sa.String(998)),  # email drops: the Message-ID and subject (issue 7)
     sa.Column("subject", sa.String(998)),
+    # Inbound email: sender + Message-ID, so a re-read (IMAP) or resent (SMTP) refusal is one record.
+    sa.Column("inbound_key", sa.String(64)),
     _ts("created_at"),
     sa.Index("ix_drops_tenant_created", "tenant_id", "created_at"),
+    sa.Index("ix_drops_tenant_inbound_key", "tenant_id", "inbound_key"),
 )
 
 # The tenant's event feed; the id is the cursor (monotonic per database).

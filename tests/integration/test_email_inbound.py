@@ -370,6 +370,21 @@ async def test_the_same_message_twice_is_stored_once(env: Env) -> None:
     assert len(await env.inbound(t)) == 1 and len(await env.events(t, "message.received")) == 1
 
 
+async def test_the_same_refused_message_twice_is_one_drop_and_one_event(env: Env) -> None:
+    """A resend after a lost reply (SMTP) or a re-read after a crash (IMAP) of a refused mail gets the
+    same answer and adds no second drop record or message.dropped event."""
+    t = await env.tenant("Serwis")
+    await env.contact(t, "jan", JAN)
+    out = await env.outbound(t, "jan")
+    env.clock.advance(days=16)
+    raw = mail(to=t["address"], in_reply_to=out["email_message_id"])
+    for _ in range(2):
+        code, text, _ = await env.send(raw, t["address"])
+        assert (code, text) == (550, "5.7.0 Reply window closed")
+    assert [d["reason"] for d in await env.drops(t)] == ["reply_too_old"]
+    assert len(await env.events(t, "message.dropped")) == 1
+
+
 async def test_an_out_of_office_answer_is_kept_in_its_thread_without_an_event(env: Env) -> None:
     t = await env.tenant("Serwis")
     await env.contact(t, "jan", JAN)
