@@ -25,6 +25,7 @@ import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from gateway.domain.ipaddr import parse_ip
 from gateway.domain.mailauth import normalize_domain
 from gateway.mailauth.resolver import DnsTempError, Resolver
 
@@ -111,12 +112,9 @@ async def check_spf(
     norm = normalize_domain(domain) if domain else None
     if client_ip is None:
         return SpfResult("none", "no client IP (not received over SMTP)"), norm or (domain or None), scope
-    try:
-        ip: IPAddress = ipaddress.ip_address(client_ip.strip().strip("[]").split("%")[0])
-    except ValueError:
+    ip = parse_ip(client_ip)  # an IPv4 client on a dual-stack socket is an IPv4 client (§5)
+    if ip is None:
         return SpfResult("none", f"client IP {client_ip!r} is not an address"), norm, scope
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped  # an IPv4 client on a dual-stack socket is an IPv4 client (§5)
     if norm is None or "." not in norm:
         # §4.3: a malformed or single-label domain is "none"; so is an empty HELO.
         return SpfResult("none", f"{domain!r} is not a usable domain"), norm or (domain or None), scope

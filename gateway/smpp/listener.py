@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.config import SmppCarrierConfig, SmppConnectorConfig, SmppListenerConfig
+from gateway.domain.ipaddr import parse_ip
 from gateway.smpp.codec import (
     BIND_MODES,
     ESME_RBINDFAIL,
@@ -111,13 +112,8 @@ def peer_address(writer: asyncio.StreamWriter) -> tuple[IpAddress | None, str]:
     if not isinstance(peer, tuple) or not peer:
         return None, "?"
     host = str(peer[0]).split("%", 1)[0]
-    try:
-        ip: IpAddress = ipaddress.ip_address(host)
-    except ValueError:
-        return None, str(peer[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip, f"{host}:{peer[1]}"
+    ip = parse_ip(host)
+    return (ip, f"{host}:{peer[1]}") if ip is not None else (None, str(peer[0]))
 
 
 class SmppListener:

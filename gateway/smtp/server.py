@@ -51,6 +51,7 @@ from typing import Any, AnyStr
 from aiosmtpd.smtp import MISSING, SMTP, TLSSetupException, _AuthMechAttr
 from prometheus_client import CollectorRegistry, Gauge
 
+from gateway.domain.ipaddr import parse_ip
 from gateway.smtp.errors import SmtpTlsError
 from gateway.tls import server_context
 
@@ -116,13 +117,10 @@ class SmtpLimits:
 
 def client_key(ip: str) -> str:
     """The unit the per-IP limits count: the address, or its /64 for IPv6 (one subscriber's share)."""
-    try:
-        addr = ipaddress.ip_address(ip.split("%", 1)[0])
-    except ValueError:
+    addr = parse_ip(ip)
+    if addr is None:
         return ip
     if isinstance(addr, ipaddress.IPv6Address):
-        if addr.ipv4_mapped is not None:
-            return str(addr.ipv4_mapped)
         return str(ipaddress.IPv6Network((addr, 64), strict=False))
     return str(addr)
 
@@ -167,12 +165,9 @@ class ConnectionGate:
         return key
 
     def _exempt(self, ip: str) -> bool:
-        try:
-            addr = ipaddress.ip_address(ip.split("%", 1)[0])
-        except ValueError:
+        addr = parse_ip(ip)
+        if addr is None:
             return False
-        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-            addr = addr.ipv4_mapped
         return any(addr.version == net.version and addr in net for net in self.exempt)
 
     def admit(self, ip: str | None) -> str | None:
