@@ -43,8 +43,8 @@ def content_disposition(filename: str) -> str:
 )
 async def get_attachment(request: web.Request, principal: Principal) -> web.StreamResponse:
     service = request.app[CTX].conversations
-    assert service is not None and principal.tenant_id is not None  # Auth.TENANT guarantees the tenant
-    row, path = await service.attachment(principal.tenant_id, request.match_info["attachment_id"])
+    assert service is not None
+    row, path = await service.attachment(principal.tenant, request.match_info["attachment_id"])
     return web.FileResponse(
         path,
         headers={

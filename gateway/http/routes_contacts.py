@@ -13,11 +13,6 @@ from gateway.http.schemas import ContactList, ContactOut, ContactPut, PreviewIn,
 from gateway.http.views import contact_out
 
 
-def _tenant(principal: Principal) -> str:
-    assert principal.tenant_id is not None  # Auth.TENANT guarantees it
-    return principal.tenant_id
-
-
 @API.route(
     "PUT",
     "/v1/contacts/{contact_id}",
@@ -30,7 +25,7 @@ def _tenant(principal: Principal) -> str:
 async def put_contact(request: web.Request, principal: Principal, body: ContactPut) -> web.Response:
     ctx = request.app[CTX]
     contact, created = await ctx.contacts.put(
-        _tenant(principal),
+        principal.tenant,
         request.match_info["contact_id"],
         name=body.name,
         phones=body.phones,
@@ -51,7 +46,7 @@ async def put_contact(request: web.Request, principal: Principal, body: ContactP
 )
 async def get_contact(request: web.Request, principal: Principal) -> web.Response:
     ctx = request.app[CTX]
-    contact = await ctx.contacts.get(_tenant(principal), request.match_info["contact_id"])
+    contact = await ctx.contacts.get(principal.tenant, request.match_info["contact_id"])
     return web.json_response(text=contact_out(contact).model_dump_json())
 
 
@@ -74,7 +69,7 @@ async def find_contacts(request: web.Request, principal: Principal) -> web.Respo
         name = sorted(unknown)[0]
         raise ApiError(422, "validation_error", f"{name}: unknown query parameter", {"field": name})
     found = await ctx.contacts.find(
-        _tenant(principal), phone=request.query.get("phone"), email=request.query.get("email")
+        principal.tenant, phone=request.query.get("phone"), email=request.query.get("email")
     )
     return web.json_response(text=ContactList(contacts=[contact_out(c) for c in found]).model_dump_json())
 

@@ -16,11 +16,6 @@ from gateway.services.notify import NotifyOptions
 from gateway.services.outbound import SendRequest, request_hash
 
 
-def _tenant(principal: Principal) -> str:
-    assert principal.tenant_id is not None
-    return principal.tenant_id
-
-
 @API.route(
     "POST",
     "/v1/messages",
@@ -57,10 +52,10 @@ async def send_message(request: web.Request, principal: Principal, body: Message
         location=body.location,
     )
     if not options.empty:
-        req = await notify_of(ctx).prepare(_tenant(principal), req, options)
+        req = await notify_of(ctx).prepare(principal.tenant, req, options)
     # The body's hash only matters for an idempotency key (a repeat must be the same request).
     digest = request_hash(body.model_dump(mode="json", exclude_unset=True)) if body.idempotency_key else ""
-    status, result = await ctx.outbound.send(_tenant(principal), req, digest)
+    status, result = await ctx.outbound.send(principal.tenant, req, digest)
     return web.json_response(text=MessagesAccepted.model_validate(result).model_dump_json(), status=status)
 
 
@@ -118,7 +113,7 @@ def _message_out(message: dict[str, Any], parts: list[dict[str, Any]]) -> Messag
 )
 async def get_message(request: web.Request, principal: Principal) -> web.Response:
     ctx = request.app[CTX]
-    message, parts = await ctx.messages.get(_tenant(principal), request.match_info["message_id"])
+    message, parts = await ctx.messages.get(principal.tenant, request.match_info["message_id"])
     return web.json_response(text=_message_out(message, parts).model_dump_json())
 
 
@@ -132,8 +127,8 @@ async def get_message(request: web.Request, principal: Principal) -> web.Respons
 )
 async def cancel_message(request: web.Request, principal: Principal) -> web.Response:
     ctx = request.app[CTX]
-    message = await ctx.messages.cancel(_tenant(principal), request.match_info["message_id"])
-    _, parts = await ctx.messages.get(_tenant(principal), message["id"])
+    message = await ctx.messages.cancel(principal.tenant, request.match_info["message_id"])
+    _, parts = await ctx.messages.get(principal.tenant, message["id"])
     return web.json_response(text=_message_out(message, parts).model_dump_json())
 
 
@@ -154,9 +149,9 @@ async def cancel_by_dedupe_key(request: web.Request, principal: Principal) -> we
         name = sorted(unknown)[0] if unknown else "dedupe_key"
         reason = "unknown query parameter" if unknown else "is required"
         raise ApiError(422, "validation_error", f"{name}: {reason}", {"field": name})
-    cancelled = await notify_of(ctx).cancel_key(_tenant(principal), key)
+    cancelled = await notify_of(ctx).cancel_key(principal.tenant, key)
     out = []
     for message in cancelled:
-        _, parts = await ctx.messages.get(_tenant(principal), message["id"])
+        _, parts = await ctx.messages.get(principal.tenant, message["id"])
         out.append(_message_out(message, parts))
     return web.json_response(text=MessagesCancelled(messages=out).model_dump_json())

@@ -21,11 +21,6 @@ from gateway.http.schemas_notify import (
 from gateway.services.rules import AppEvent, RuleService, RuleSpec
 
 
-def _tenant(principal: Principal) -> str:
-    assert principal.tenant_id is not None  # Auth.TENANT guarantees it
-    return principal.tenant_id
-
-
 def _rules(request: web.Request) -> RuleService:
     notify = notify_of(request.app[CTX])
     return RuleService(notify, notify.clock)
@@ -46,7 +41,7 @@ def rule_out(row: dict[str, Any]) -> RuleOut:
 )
 async def create_rule(request: web.Request, principal: Principal, body: RuleCreate) -> web.Response:
     spec = RuleSpec(**{**body.model_dump(), "channels": tuple(body.channels)})
-    row = await _rules(request).create(_tenant(principal), spec)
+    row = await _rules(request).create(principal.tenant, spec)
     return web.json_response(text=rule_out(row).model_dump_json(), status=201)
 
 
@@ -64,7 +59,7 @@ async def list_rules(request: web.Request, principal: Principal) -> web.Response
     if unknown:
         name = sorted(unknown)[0]
         raise ApiError(422, "validation_error", f"{name}: unknown query parameter", {"field": name})
-    rows = await _rules(request).list_all(_tenant(principal), request.query.get("event"))
+    rows = await _rules(request).list_all(principal.tenant, request.query.get("event"))
     return web.json_response(text=RuleList(rules=[rule_out(r) for r in rows]).model_dump_json())
 
 
@@ -77,7 +72,7 @@ async def list_rules(request: web.Request, principal: Principal) -> web.Response
     tag="rules",
 )
 async def get_rule(request: web.Request, principal: Principal) -> web.Response:
-    row = await _rules(request).get(_tenant(principal), request.match_info["rule_id"])
+    row = await _rules(request).get(principal.tenant, request.match_info["rule_id"])
     return web.json_response(text=rule_out(row).model_dump_json())
 
 
@@ -97,7 +92,7 @@ async def patch_rule(request: web.Request, principal: Principal, body: RulePatch
     for name in ("event", "template", "channels", "match", "category", "business_hours_only", "enabled"):
         if name in changes and changes[name] is None:
             raise ApiError(422, "validation_error", f"{name}: must not be null", {"field": name})
-    row = await _rules(request).update(_tenant(principal), request.match_info["rule_id"], changes)
+    row = await _rules(request).update(principal.tenant, request.match_info["rule_id"], changes)
     return web.json_response(text=rule_out(row).model_dump_json())
 
 
@@ -110,7 +105,7 @@ async def patch_rule(request: web.Request, principal: Principal, body: RulePatch
     tag="rules",
 )
 async def delete_rule(request: web.Request, principal: Principal) -> web.Response:
-    await _rules(request).delete(_tenant(principal), request.match_info["rule_id"])
+    await _rules(request).delete(principal.tenant, request.match_info["rule_id"])
     return web.Response(status=204)
 
 
@@ -131,6 +126,6 @@ async def post_app_event(request: web.Request, principal: Principal, body: AppEv
         context=(body.context.type, body.context.id) if body.context else None,
         id=body.id,
     )
-    results = await _rules(request).fire(_tenant(principal), event)
+    results = await _rules(request).fire(principal.tenant, event)
     out = AppEventResult.model_validate({"type": body.type, "results": results})
     return web.json_response(text=out.model_dump_json())

@@ -24,11 +24,6 @@ from gateway.services.notify import NotifyService
 from gateway.services.templates import variables_of
 
 
-def _tenant(principal: Principal) -> str:
-    assert principal.tenant_id is not None  # Auth.TENANT guarantees it
-    return principal.tenant_id
-
-
 def notify_of(ctx: ApiContext) -> NotifyService:
     """The context's NotifyService; one built from the outbound service (same database and clock)
     when the embedding code did not set one."""
@@ -67,7 +62,7 @@ def template_out(row: dict[str, Any]) -> TemplateOut:
 async def put_template(request: web.Request, principal: Principal, body: TemplatePut) -> web.Response:
     service = notify_of(request.app[CTX]).templates
     row, created = await service.put(
-        _tenant(principal),
+        principal.tenant,
         request.match_info["name"],
         {
             "description": body.description,
@@ -90,7 +85,7 @@ async def put_template(request: web.Request, principal: Principal, body: Templat
 )
 async def get_template(request: web.Request, principal: Principal) -> web.Response:
     service = notify_of(request.app[CTX]).templates
-    row = await service.get(_tenant(principal), request.match_info["name"])
+    row = await service.get(principal.tenant, request.match_info["name"])
     return web.json_response(text=template_out(row).model_dump_json())
 
 
@@ -104,7 +99,7 @@ async def get_template(request: web.Request, principal: Principal) -> web.Respon
 )
 async def list_templates(request: web.Request, principal: Principal) -> web.Response:
     service = notify_of(request.app[CTX]).templates
-    rows = await service.list_all(_tenant(principal))
+    rows = await service.list_all(principal.tenant)
     return web.json_response(text=TemplateList(templates=[template_out(r) for r in rows]).model_dump_json())
 
 
@@ -118,7 +113,7 @@ async def list_templates(request: web.Request, principal: Principal) -> web.Resp
 )
 async def delete_template(request: web.Request, principal: Principal) -> web.Response:
     service = notify_of(request.app[CTX]).templates
-    await service.delete(_tenant(principal), request.match_info["name"])
+    await service.delete(principal.tenant, request.match_info["name"])
     return web.Response(status=204)
 
 
@@ -133,7 +128,7 @@ async def delete_template(request: web.Request, principal: Principal) -> web.Res
 )
 async def render_template(request: web.Request, principal: Principal, body: TemplateRenderIn) -> web.Response:
     service = notify_of(request.app[CTX]).templates
-    rendered = await service.preview(_tenant(principal), request.match_info["name"], body.variables)
+    rendered = await service.preview(principal.tenant, request.match_info["name"], body.variables)
     sms = None
     if rendered.sms_text is not None:
         p = sms_text.preview(rendered.sms_text)

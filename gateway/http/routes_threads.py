@@ -45,11 +45,6 @@ _CURSOR = QueryParam("cursor", "next_cursor from the previous page")
 _SINCE = QueryParam("since", "ISO 8601 time with a UTC offset: only rows at or after it")
 
 
-def _tenant(principal: Principal) -> str:
-    assert principal.tenant_id is not None  # Auth.TENANT guarantees it
-    return principal.tenant_id
-
-
 def _service(request: web.Request) -> ConversationService:
     service = request.app[CTX].conversations
     assert service is not None, "ApiContext.conversations is not set"
@@ -191,7 +186,7 @@ def _thread_list(page: Page) -> ThreadList:
 async def list_threads(request: web.Request, principal: Principal) -> web.Response:
     q = _query(request, {"contact_id", "context_type", "context_id", "limit", "cursor"})
     page = await _service(request).threads(
-        _tenant(principal),
+        principal.tenant,
         contact_id=q.get("contact_id"),
         context_type=q.get("context_type"),
         context_id=q.get("context_id"),
@@ -213,7 +208,7 @@ async def list_threads(request: web.Request, principal: Principal) -> web.Respon
 async def contact_threads(request: web.Request, principal: Principal) -> web.Response:
     q = _query(request, {"limit", "cursor"})
     page = await _service(request).threads(
-        _tenant(principal),
+        principal.tenant,
         contact_id=request.match_info["contact_id"],
         limit=_int(q, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT),
         cursor=q.get("cursor"),
@@ -237,7 +232,7 @@ async def contact_threads(request: web.Request, principal: Principal) -> web.Res
 async def get_thread(request: web.Request, principal: Principal) -> web.Response:
     q = _query(request, {"limit", "cursor"})
     thread, page = await _service(request).thread(
-        _tenant(principal),
+        principal.tenant,
         request.match_info["thread_id"],
         limit=_int(q, "limit", MAX_THREAD_MESSAGES, 1, MAX_THREAD_MESSAGES),
         cursor=q.get("cursor"),
@@ -276,7 +271,7 @@ async def list_messages(request: web.Request, principal: Principal) -> web.Respo
     if status is not None and status not in _STATUSES:
         raise InvalidInputError("status", "must be one of " + ", ".join(_STATUSES))
     page = await _service(request).messages(
-        _tenant(principal),
+        principal.tenant,
         status=status,
         since=_since(q),
         limit=_int(q, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT),
@@ -310,7 +305,7 @@ async def list_drops(request: web.Request, principal: Principal) -> web.Response
     elif "tenant_id" in q:
         raise ApiError(403, "forbidden", "tenant_id= needs the admin token", {"field": "tenant_id"})
     else:
-        tenant_id = _tenant(principal)
+        tenant_id = principal.tenant
     page = await _service(request).drops(
         tenant_id,
         since=_since(q),
@@ -362,7 +357,7 @@ async def list_events(request: web.Request, principal: Principal) -> web.Respons
     if not 0 <= wait <= MAX_WAIT_SECONDS:
         raise InvalidInputError("wait", f"must be a number of seconds from 0 to {MAX_WAIT_SECONDS:g}")
     events, nxt = await _service(request).events(
-        _tenant(principal),
+        principal.tenant,
         after=q.get("after"),
         limit=_int(q, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT),
         wait=wait,
@@ -381,7 +376,7 @@ async def list_events(request: web.Request, principal: Principal) -> web.Respons
 )
 async def webhook_status(request: web.Request, principal: Principal) -> web.Response:
     _query(request, set())
-    tenant_id = _tenant(principal)
+    tenant_id = principal.tenant
     tenant = await request.app[CTX].tenants.get(tenant_id)
     state = await _service(request).webhook_status(tenant_id)
     out = WebhookStatusOut(
@@ -409,7 +404,7 @@ async def webhook_status(request: web.Request, principal: Principal) -> web.Resp
 async def webhook_failures(request: web.Request, principal: Principal) -> web.Response:
     q = _query(request, {"since", "limit", "cursor"})
     page = await _service(request).webhook_failures(
-        _tenant(principal),
+        principal.tenant,
         since=_since(q),
         limit=_int(q, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT),
         cursor=q.get("cursor"),

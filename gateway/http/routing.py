@@ -30,6 +30,12 @@ class Principal:
     is_admin: bool
     tenant_id: str | None = None
 
+    @property
+    def tenant(self) -> str:
+        """The calling tenant, on a route declared ``Auth.TENANT`` (which guarantees there is one)."""
+        assert self.tenant_id is not None
+        return self.tenant_id
+
 
 M = TypeVar("M", bound=BaseModel)
 Handler = Callable[..., Awaitable[web.StreamResponse]]
