@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from gateway.domain.ids import new_id
 from gateway.domain.mo import (
     Decoded,
     MoPart,
@@ -379,7 +380,7 @@ class InboundSmsService:
             thread_id, _ = await repo.find_or_create_thread(
                 conn, tenant_id=decision.tenant_id, contact_pk=decision.contact_pk, context=None, now=now
             )
-        message_id = repo.new_id("msg")
+        message_id = new_id("msg")
         note = "; ".join(dict.fromkeys((*mo.notes, *((mo.decoded.note,) if mo.decoded.note else ())))) or None
         await repo.insert_message(
             conn,

@@ -32,6 +32,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.domain.email_ids import parse_message_id
+from gateway.domain.ids import new_id
 from gateway.domain.inbound_mail import MailEnvelope, RecipientOutcome
 from gateway.domain.mail_parse import MailFormatError, MimeLimits, ParsedAttachment, ParsedMail, parse_mail
 from gateway.domain.mailauth import AuthVerdict, authentication_results, sender_decision
@@ -388,7 +389,7 @@ class InboundEmailService:
         thread_id = route.thread_id or await repo.create_thread(
             conn, rcpt.tenant_id, route.contact_pk, None, now
         )
-        message_id = repo.new_id("msg")
+        message_id = new_id("msg")
         rows, notes = await self._attachments(conn, profile, message_id, mail, msg.files, now)
         auto = auto_reply_marker(mail.header)
         if auto is not None:
@@ -492,7 +493,7 @@ class InboundEmailService:
         charged: set[str] = set()
         # One random stem per message and the position after it: ids sort in the message's order,
         # which is the order lists show them in (created_at, id).
-        stem = repo.new_id("att")[:16]
+        stem = new_id("att")
         for position, att in enumerate(mail.attachments):
             stored, reason = False, None
             if att.problem is not None:

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.domain import sms_text
 from gateway.domain.email_ids import make_message_id
+from gateway.domain.ids import new_id
 from gateway.domain.model import Channel, Contact, Phone, SenderMode
 from gateway.domain.policy import (
     Deny,
@@ -366,7 +367,7 @@ class OutboundService:
         subject = req.subject
         if subject is None:
             subject = reply_subject(answered[1]) if answered and answered[1] else default_subject(text)
-        message_id = repo.new_id("msg")
+        message_id = new_id("msg")
         header_id = make_message_id(
             self.email.message_id_key,
             self.email.mail_domain,
@@ -488,7 +489,7 @@ class OutboundService:
                     )
                 }
             )
-        message_id = repo.new_id("msg")
+        message_id = new_id("msg")
         await repo.insert_message(
             conn,
             {

@@ -22,6 +22,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from gateway.domain.ids import new_id
 from gateway.services import templates
 from gateway.services.errors import (
     ChannelsRefusedError,
@@ -31,7 +32,6 @@ from gateway.services.errors import (
 )
 from gateway.services.notify import NotifyOptions, NotifyService, duration
 from gateway.services.outbound import SendRequest, check_category, check_channels, request_hash
-from gateway.storage import messages as messages_repo
 from gateway.storage import rules as repo
 from gateway.storage import templates as templates_repo
 
@@ -149,7 +149,7 @@ class RuleService:
     async def create(self, tenant_id: str, spec: RuleSpec) -> dict[str, Any]:
         values = self._validate(spec)
         now = self.clock()
-        rule_id = messages_repo.new_id("rul")
+        rule_id = new_id("rul")
 
         async def unit(conn: AsyncConnection) -> dict[str, Any]:
             await self._check_template(conn, tenant_id, spec.template, spec.channels)

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from gateway.domain.ids import new_id
 from gateway.domain.mailbox import prefix_from_name, prefix_problem
 from gateway.domain.mo import KeywordProblem, check_keywords
 from gateway.domain.model import SenderMode, Tenant
@@ -39,10 +40,6 @@ ALNUM_SENDER_RE = re.compile(r"[A-Za-z0-9 .\-&]{1,11}")
 def hash_api_key(key: str) -> str:
     # Keys are 256 random bits, so a plain SHA-256 resists guessing; no password stretching needed.
     return hashlib.sha256(key.encode()).hexdigest()
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}_{secrets.token_hex(8)}"
 
 
 @dataclass(frozen=True, slots=True)

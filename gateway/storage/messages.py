@@ -11,13 +11,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from gateway.domain.ids import new_id
 from gateway.storage.db import fetch_one, insert, lock_name, notify_after_commit, run
 from gateway.storage.tables import events, idempotency_keys, messages, sms_parts, threads
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}_{secrets.token_hex(8)}"
-
 
 # --- threads -----------------------------------------------------------------------------------
 

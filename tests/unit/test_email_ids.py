@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from gateway.domain.email_ids import make_message_id, make_verp, parse_message_id, parse_verp
 
 KEY = b"unit-test-message-id-key"
-ids = st.from_regex(r"(msg|thr|ten)_[0-9a-f]{16}", fullmatch=True)
+ids = st.from_regex(r"(msg|thr|ten)_[0-9a-f]{24}", fullmatch=True)
 keys = st.binary(min_size=16, max_size=64)
 
 
