@@ -53,6 +53,43 @@ class UTCDateTime(TypeDecorator[datetime]):
         assert isinstance(value, datetime)
         return value.replace(tzinfo=UTC)
 
+    # On SQLite the two steps above (ours, then SQLAlchemy's DATETIME text conversion) are one
+    # function each way: the SMS accept path binds a dozen timestamps per message. The text is the
+    # one SQLAlchemy writes ("YYYY-MM-DD HH:MM:SS.ffffff"; tests/unit/test_tables_types.py checks
+    # both ways against SQLAlchemy's own processors), so rows written by either path compare alike.
+    def bind_processor(self, dialect: Dialect) -> Any:
+        if dialect.name != "sqlite":
+            return super().bind_processor(dialect)
+        # The same `now` is bound many times in a row: a one-entry memo, swapped whole (threads).
+        last: list[tuple[datetime | None, str | None]] = [(None, None)]
+
+        def process(value: datetime | None) -> str | None:
+            if value is None:
+                return None
+            seen, text = last[0]
+            if value is seen:
+                return text
+            if value.tzinfo is None:
+                raise ValueError("naive datetime given to a UTCDateTime column")
+            text = value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+            last[0] = (value, text)
+            return text
+
+        return process
+
+    def result_processor(self, dialect: Dialect, coltype: Any) -> Any:
+        if dialect.name != "sqlite":
+            return super().result_processor(dialect, coltype)
+
+        def process(value: str | datetime | None) -> datetime | None:
+            if value is None:
+                return None
+            if isinstance(value, str):
+                value = datetime.fromisoformat(value)
+            return value.replace(tzinfo=UTC)
+
+        return process
+
 
 JSONType = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 BigIntPK = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # SQLite rowid alias needs INTEGER
