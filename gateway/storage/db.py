@@ -38,11 +38,17 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Unit = Callable[[AsyncConnection], Awaitable[T]]
+#: Many requests' work in one go (Database.write_batched): given the items in arrival order, one
+#: outcome per item, in order: its result, or an Exception that is that item's alone (the function
+#: wrote nothing for it). Raising instead fails the whole batch: every item is then run alone.
+BatchUnit = Callable[[AsyncConnection, list[Any]], Awaitable[list[Any]]]
 
 #: Units taken into one SQLite transaction at most; bounds the latency a unit adds to its batch mates.
 GROUP_COMMIT_MAX = 256
 #: Units the SQLite writer runs back to back before letting other tasks of the loop run.
 YIELD_EVERY = 8
+#: PostgreSQL: transactions of one batched unit (Database.write_batched) a daemon runs at once.
+BATCHES_IN_FLIGHT = 2
 
 
 def make_engine(
@@ -397,8 +403,33 @@ def _rows(plan: _Plan, fetched: Any) -> list[dict[str, Any]]:
 
 @dataclass
 class _Pending:
-    unit: Unit[Any]
+    unit: Unit[Any] | None
     future: asyncio.Future[Any]
+    #: Set instead of ``unit`` by write_batched: run together with the other items of the function.
+    batch: BatchUnit | None = None
+    item: Any = None
+
+
+def _together(fn: BatchUnit, items: list[Any]) -> Unit[list[Any]]:
+    async def unit(conn: AsyncConnection) -> list[Any]:
+        outcomes = await fn(conn, items)
+        if len(outcomes) != len(items):
+            raise AssertionError(f"a batched unit gave {len(outcomes)} outcomes for {len(items)} items")
+        return outcomes
+
+    return unit
+
+
+def _alone(fn: BatchUnit, item: Any) -> Unit[Any]:
+    """One item of a batched unit as a plain unit (its outcome raised if it is an error)."""
+
+    async def unit(conn: AsyncConnection) -> Any:
+        (outcome,) = await fn(conn, [item])
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    return unit
 
 
 @dataclass
@@ -415,6 +446,11 @@ class Database:
     _sync_conn: Connection | None = None
     #: Told, after each commit, the topics its units named with :func:`notify_after_commit`.
     on_commit: Callable[[set[str]], None] | None = None
+    #: write_batched on PostgreSQL: the items waiting for the next turn of the loop, per function.
+    _gathering: dict[BatchUnit, list[_Pending]] = field(default_factory=dict)
+    _starting: set[BatchUnit] = field(default_factory=set)
+    _in_flight: dict[BatchUnit, int] = field(default_factory=dict)
+    _gathered_tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     @classmethod
     async def open(
@@ -456,6 +492,78 @@ class Database:
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         await self._queue.put(_Pending(unit, fut))
         return await fut
+
+    async def write_batched(self, fn: BatchUnit, item: Any) -> Any:
+        """Like :meth:`write` for one request's ``item``, but run by ``fn`` together with the other
+        items given to ``fn`` meanwhile (one statement per table for all of them instead of one
+        per request: the SMS accept path). Committed before it returns, like :meth:`write`; the
+        item's own error is raised here. If ``fn`` fails for a whole batch, its items are run
+        again one by one, so that one bad item cannot fail the others."""
+        if self._closing:
+            raise RuntimeError("database is closing")
+        loop = asyncio.get_running_loop()
+        pending = _Pending(None, loop.create_future(), fn, item)
+        if self.group_commit:
+            await self._queue.put(pending)  # the group writer batches them (SQLite)
+        else:
+            # PostgreSQL: group commit of our own. At most BATCHES_IN_FLIGHT transactions of ``fn``
+            # run at once; what arrives meanwhile waits and goes together in the next one.
+            self._gathering.setdefault(fn, []).append(pending)
+            self._start_soon(fn)
+        return await pending.future
+
+    def _start_soon(self, fn: BatchUnit) -> None:
+        if fn in self._starting or self._in_flight.get(fn, 0) >= BATCHES_IN_FLIGHT:
+            return  # already due to start, or a batch that ends will start the next
+        self._starting.add(fn)
+        asyncio.get_running_loop().call_soon(self._start_gathered, fn)
+
+    def _start_gathered(self, fn: BatchUnit) -> None:
+        self._starting.discard(fn)
+        waiting = self._gathering.get(fn, [])
+        batch, self._gathering[fn] = waiting[:GROUP_COMMIT_MAX], waiting[GROUP_COMMIT_MAX:]
+        if not batch:
+            return
+        self._in_flight[fn] = self._in_flight.get(fn, 0) + 1
+        task = asyncio.create_task(self._run_gathered(fn, batch))
+        self._gathered_tasks.add(task)
+
+        def done(task: asyncio.Task[None]) -> None:
+            self._gathered_tasks.discard(task)
+            self._in_flight[fn] -= 1
+            if self._gathering.get(fn):
+                self._start_soon(fn)
+
+        task.add_done_callback(done)
+
+    async def _run_gathered(self, fn: BatchUnit, batch: list[_Pending]) -> None:
+        live = [p for p in batch if not p.future.done()]
+        if not live:
+            return
+        try:
+            async with self.engine.begin() as conn:
+                try:
+                    outcomes = await fn(conn, [p.item for p in live])
+                finally:
+                    topics = _take_topics(conn.sync_connection)
+        except Exception:
+            if len(live) > 1:
+                log.info("a batched write failed; running its items one by one", exc_info=True)
+            for p in live:
+                try:
+                    result = await self.write(_alone(fn, p.item))
+                except Exception as exc:
+                    _settle(p, False, exc)
+                else:
+                    _settle(p, True, result)
+            return
+        except BaseException as exc:
+            for p in live:
+                _settle(p, False, exc)
+            raise
+        self._announce(topics)
+        for p, outcome in zip(live, outcomes, strict=True):
+            _settle(p, not isinstance(outcome, Exception), outcome)
 
     async def write_outcome(self, unit: Unit[T], *, attempts: int = 5, delay: float = 0.2) -> T:
         """:meth:`write` for recording what already happened outside (a submit_sm the SMSC took, a
@@ -523,27 +631,33 @@ class Database:
         try:
             raw = sync_conn.connection.driver_connection
             assert raw is not None
-            for n, p in enumerate(batch):
-                if p.future.cancelled():
-                    continue
+            steps = _steps(batch)
+            for n, step in enumerate(steps):
                 if n and n % YIELD_EVERY == 0:
                     # Statements run on the loop thread: let HTTP, SMPP timers and the rest breathe
                     # between units of a large batch (we still hold the write lock meanwhile).
                     await asyncio.sleep(0)
-                raw.execute("SAVEPOINT gc_unit")
-                try:
-                    result = await p.unit(facade)  # type: ignore[arg-type]
-                except BaseException as exc:  # handed to the unit's caller (KeyboardInterrupt re-raised)
-                    raw.execute("ROLLBACK TO gc_unit")
-                    raw.execute("RELEASE gc_unit")
-                    _take_topics(sync_conn)  # rolled back: nothing to announce
-                    outcomes.append((p, False, exc))
-                    if not isinstance(exc, Exception):
-                        raise
-                else:
-                    raw.execute("RELEASE gc_unit")
-                    topics |= _take_topics(sync_conn)
-                    outcomes.append((p, True, result))
+                if isinstance(step, _Pending):
+                    assert step.unit is not None
+                    ok, value, unit_topics = await self._run_unit(raw, facade, sync_conn, step.unit)
+                    topics |= unit_topics
+                    outcomes.append((step, ok, value))
+                    continue
+                fn, members = step
+                items = [p.item for p in members]
+                ok, value, unit_topics = await self._run_unit(raw, facade, sync_conn, _together(fn, items))
+                if ok:
+                    topics |= unit_topics
+                    outcomes.extend(
+                        (p, not isinstance(o, Exception), o) for p, o in zip(members, value, strict=True)
+                    )
+                    continue
+                if len(members) > 1:
+                    log.info("a batched write failed; running its items one by one", exc_info=value)
+                for p in members:
+                    ok, value, unit_topics = await self._run_unit(raw, facade, sync_conn, _alone(fn, p.item))
+                    topics |= unit_topics
+                    outcomes.append((p, ok, value))
             await asyncio.to_thread(trans.commit)  # COMMIT and its fsync, off the loop
         except BaseException:
             if trans.is_active:
@@ -553,12 +667,25 @@ class Database:
         self._announce(topics)
         # Only now, after COMMIT, do the callers learn their outcome.
         for p, ok, value in outcomes:
-            if p.future.done():
-                continue
-            if ok:
-                p.future.set_result(value)
-            else:
-                p.future.set_exception(value)
+            _settle(p, ok, value)
+
+    @staticmethod
+    async def _run_unit(
+        raw: Any, facade: LoopConnection, sync_conn: Connection, unit: Unit[Any]
+    ) -> tuple[bool, Any, set[str]]:
+        """One unit in its own SAVEPOINT: (succeeded, result or error, topics to announce)."""
+        raw.execute("SAVEPOINT gc_unit")
+        try:
+            result = await unit(facade)  # type: ignore[arg-type]
+        except BaseException as exc:  # handed to the unit's caller (KeyboardInterrupt re-raised)
+            raw.execute("ROLLBACK TO gc_unit")
+            raw.execute("RELEASE gc_unit")
+            _take_topics(sync_conn)  # rolled back: nothing to announce
+            if not isinstance(exc, Exception):
+                raise
+            return False, exc, set()
+        raw.execute("RELEASE gc_unit")
+        return True, result, _take_topics(sync_conn)
 
     async def close(self) -> None:
         """Finish queued writes, then dispose of the engine."""
@@ -574,6 +701,33 @@ class Database:
         if self._sync_engine is not None:
             self._sync_engine.dispose()
         await self.engine.dispose()
+
+
+def _steps(batch: list[_Pending]) -> list[_Pending | tuple[BatchUnit, list[_Pending]]]:
+    """The group writer's work in order: plain units one by one; the items of a batched unit
+    together, where its first item arrived."""
+    steps: list[_Pending | tuple[BatchUnit, list[_Pending]]] = []
+    groups: dict[BatchUnit, list[_Pending]] = {}
+    for p in batch:
+        if p.future.cancelled():
+            continue
+        if p.batch is None:
+            steps.append(p)
+        elif p.batch in groups:
+            groups[p.batch].append(p)
+        else:
+            groups[p.batch] = [p]
+            steps.append((p.batch, groups[p.batch]))
+    return steps
+
+
+def _settle(p: _Pending, ok: bool, value: Any) -> None:
+    if p.future.done():
+        return
+    if ok:
+        p.future.set_result(value)
+    else:
+        p.future.set_exception(value)
 
 
 _TOPICS_KEY = "gateway_commit_topics"
