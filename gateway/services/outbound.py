@@ -34,7 +34,7 @@ from gateway.domain.policy import (
     choose_email,
     choose_sms_phone,
 )
-from gateway.domain.senders import allocate
+from gateway.domain.senders import Allocation, Holding, allocate
 from gateway.domain.udh import ReferenceCounter
 from gateway.services import dedupe
 from gateway.services.errors import ChannelsRefusedError, ConflictError, InvalidInputError, NotFoundError
@@ -55,7 +55,8 @@ from gateway.storage import (
 from gateway.storage import (
     tenants as tenants_repo,
 )
-from gateway.storage.db import Database
+from gateway.storage.db import Database, insert
+from gateway.storage.tables import sms_parts
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,19 @@ class OutboundService:
         )
         encoding = sms_text.choose_encoding(req.text)
         parts = sms_text.preview(req.text).parts
+        if _batchable(req):
+            # The common request (an SMS to a contact) joins the others waiting for the database:
+            # one statement per table for all of them (ISSUE 3), same checks and outcome as alone.
+            try:
+                sms = await self.db.write_batched(
+                    self._accept_sms, _SmsItem(tenant_id, req, now, encoding, parts)
+                )
+            except ChannelsRefusedError as exc:
+                if exc.refusals.get("sms", ("", ""))[0] == "no_sender_available":
+                    self.no_sender_available += 1
+                raise
+            self.on_enqueued()
+            return 202, {"messages": [sms]}
         undeliverable = await self._deliverability(tenant_id, req)
 
         async def unit(conn: AsyncConnection) -> tuple[int, dict[str, Any]]:
@@ -159,25 +173,9 @@ class OutboundService:
             refusals: dict[str, Deny] = {}
             sms_target: SmsTarget | None = None
             if Channel.SMS in req.channels:
-                phone: Phone | Deny
-                if to_phone is not None:
-                    phone = to_phone
-                elif contact is not None:
-                    phone = choose_sms_phone(contact)
-                else:
-                    phone = Deny("no_phone", "no phone number given")
-                decided = check_sms(
-                    contact,
-                    phone,
-                    category=req.category,
-                    allowed_regions=self.settings.allowed_regions,
-                    parts=parts,
-                    max_parts=self.settings.max_parts,
-                )
+                decided = self._sms_decision(tenant, contact, to_phone, req, parts)
                 if isinstance(decided, Deny):
                     refusals["sms"] = decided
-                elif (sender_refused := _check_sms_sender(tenant, req.sms_sender)) is not None:
-                    refusals["sms"] = sender_refused
                 else:
                     sms_target = decided
             email_target: EmailTarget | None = None
@@ -230,6 +228,159 @@ class OutboundService:
             return _replay(stored, request_hash)
         self.on_enqueued()
         return result
+
+    def _sms_decision(
+        self,
+        tenant: dict[str, Any],
+        contact: Contact | None,
+        to_phone: Phone | None,
+        req: SendRequest,
+        parts: int,
+    ) -> SmsTarget | Deny:
+        """Whether the SMS of ``req`` may go (SPEC 2.3 reasons), and where."""
+        phone: Phone | Deny
+        if to_phone is not None:
+            phone = to_phone
+        elif contact is not None:
+            phone = choose_sms_phone(contact)
+        else:
+            phone = Deny("no_phone", "no phone number given")
+        decided = check_sms(
+            contact,
+            phone,
+            category=req.category,
+            allowed_regions=self.settings.allowed_regions,
+            parts=parts,
+            max_parts=self.settings.max_parts,
+        )
+        if isinstance(decided, Deny):
+            return decided
+        return _check_sms_sender(tenant, req.sms_sender) or decided
+
+    async def _accept_sms(self, conn: AsyncConnection, items: list[_SmsItem]) -> list[Any]:
+        """Accept many SMS-to-a-contact requests in one unit (Database.write_batched): the
+        decisions of :meth:`send` for each request in arrival order, each seeing the ones before
+        it (credits, threads and pool numbers taken), then one statement per table for the lot.
+        A refused request gets its error as its outcome and writes nothing."""
+        outcomes: list[Any] = [None] * len(items)
+        tenant_ids = sorted({i.tenant_id for i in items})
+        profiles = {t: await tenants_repo.sending_profile(conn, t) for t in tenant_ids}
+        found: dict[str, dict[str, tuple[Contact, int]]] = {}
+        for t in tenant_ids:
+            wanted = [i.req.contact_id or "" for i in items if i.tenant_id == t]
+            found[t] = await contacts_repo.load_many_for_sms(conn, t, wanted) if profiles[t] else {}
+        decided: list[tuple[int, SmsTarget, int, dict[str, Any]]] = []  # (item, target, contact pk, tenant)
+        for n, item in enumerate(items):
+            tenant = profiles[item.tenant_id]
+            hit = found[item.tenant_id].get(item.req.contact_id or "")
+            if tenant is None:
+                outcomes[n] = NotFoundError("tenant", item.tenant_id)
+            elif hit is None:
+                outcomes[n] = NotFoundError("contact", item.req.contact_id or "")
+            elif isinstance(target := self._sms_decision(tenant, hit[0], None, item.req, item.parts), Deny):
+                outcomes[n] = ChannelsRefusedError({"sms": (target.reason, target.detail)})
+            else:
+                decided.append((n, target, hit[1], tenant))
+        needs_pool = any(t["sms_sender_mode"] != SenderMode.ALPHANUMERIC for _, _, _, t in decided)
+        pool = await self._pool(conn) if needs_pool else []
+        customers = [target.phone.e164 for _, target, _, _ in decided]
+        holdings = await assignments.holdings_for_customers(conn, customers) if needs_pool else {}
+        balance = {t: int(p["sms_credits"]) for t, p in profiles.items() if p is not None}
+        accepted: list[tuple[int, SmsTarget, int, Allocation | str]] = []
+        for n, target, pk, tenant in decided:
+            item = items[n]
+            customer = target.phone.e164
+            chosen = self._sender(tenant, item.req, customer, pool, holdings.get(customer, []), item.now)
+            if chosen is None:
+                outcomes[n] = _no_sender()  # counted by send(): a batch may be decided twice
+                continue
+            if balance[item.tenant_id] < item.parts:
+                outcomes[n] = _insufficient(item.parts, balance[item.tenant_id])
+                continue
+            balance[item.tenant_id] -= item.parts
+            if isinstance(chosen, Allocation):
+                # Later requests for this customer see the number as this tenant's now.
+                held = [
+                    h
+                    for h in holdings[customer]
+                    if h.tenant_id != item.tenant_id and not (chosen.takes_over and h.sender == chosen.sender)
+                ]
+                holdings[customer] = [
+                    *held,
+                    Holding(sender=chosen.sender, tenant_id=item.tenant_id, last_used_at=item.now),
+                ]
+            accepted.append((n, target, pk, chosen))
+        if not accepted:
+            return outcomes
+        # The threads: without a context, every contact's ongoing one in one go; with one, as alone.
+        plain: dict[str, list[int]] = {}
+        for n, _, pk, _ in accepted:
+            if items[n].req.context is None:
+                plain.setdefault(items[n].tenant_id, []).append(pk)
+        first_now = {}
+        for n, _, _, _ in reversed(accepted):
+            first_now[items[n].tenant_id] = items[n].now
+        ongoing = {t: await repo.ongoing_threads(conn, t, pks, first_now[t]) for t, pks in plain.items()}
+        created: set[str] = set()
+        touched: list[tuple[str, datetime]] = []
+        uses: list[tuple[str, str, Allocation, int | None, str, datetime]] = []
+        charges: dict[str, list[tuple[int, str]]] = {}
+        rows: list[_SmsRows] = []
+        for n, target, pk, chosen in accepted:
+            item = items[n]
+            if item.req.context is None:
+                thread_id, new = ongoing[item.tenant_id][pk]
+            else:
+                thread_id, new = await repo.find_or_create_thread(
+                    conn, tenant_id=item.tenant_id, contact_pk=pk, context=item.req.context, now=item.now
+                )
+            if new and thread_id not in created:
+                created.add(thread_id)  # its first message; the next ones in the batch touch it
+            else:
+                touched.append((thread_id, item.now))
+            customer = target.phone.e164
+            status = "scheduled" if item.req.send_at and item.req.send_at > item.now else "queued"
+            if isinstance(chosen, Allocation):
+                uses.append((item.tenant_id, customer, chosen, pk, thread_id, item.now))
+                sender = chosen.sender
+            else:
+                sender = chosen
+            message_id = new_id("msg")
+            charges.setdefault(item.tenant_id, []).append((item.parts, message_id))
+            rows.append(
+                self._sms_rows(
+                    message_id,
+                    item.tenant_id,
+                    thread_id,
+                    pk,
+                    item.req,
+                    status,
+                    sender,
+                    customer,
+                    item.encoding,
+                    item.parts,
+                    item.now,
+                )
+            )
+        await repo.touch_threads(conn, touched)
+        await assignments.record_uses(conn, uses)
+        last_now = max(i.now for i in items)
+        for tenant_id in sorted(charges):
+            if not await tenants_repo.reserve_credits(
+                conn, tenant_id, charges[tenant_id], "sms_reserved", last_now
+            ):
+                # Someone else spent them since we read the balance (another daemon). Raising undoes
+                # this unit: several requests are then decided one by one; a lone one is refused.
+                if len(items) == 1:
+                    raise _insufficient(items[0].parts, balance[tenant_id] + items[0].parts)
+                raise _CreditsRaced(tenant_id)
+        await repo.insert_message(conn, [r.message for r in rows])
+        await insert(conn, sms_parts, [p for r in rows for p in r.parts])
+        await jobs.enqueue_rows(conn, [r.job for r in rows])
+        await repo.add_event_rows(conn, [r.event for r in rows])
+        for (n, _, _, _), r in zip(accepted, rows, strict=True):
+            outcomes[n] = r.body
+        return outcomes
 
     async def _recipient(
         self, conn: AsyncConnection, tenant_id: str, req: SendRequest, to_phone: Phone | None
@@ -448,51 +599,82 @@ class OutboundService:
     ) -> dict[str, Any]:
         customer = target.phone.e164
         tenant_id: str = tenant["id"]
-        if tenant["sms_sender_mode"] == SenderMode.ALPHANUMERIC:
-            sender = req.sms_sender or tenant["sms_alphanumeric"] or ""
-        else:
-            pool = (
-                list(self.settings.pool)
-                if self.settings.pool is not None
-                else await assignments.active_pool(conn)
-            )
-            holdings = await assignments.holdings_for_customer(conn, customer)
-            allocation = allocate(
-                tenant_id=tenant_id,
-                pool=pool,
-                holdings=holdings,
-                customer=customer,
-                now=now,
-                reply_window=self.settings.reply_window,
-            )
-            if allocation is None:
-                self.no_sender_available += 1
-                raise ChannelsRefusedError(
-                    {"sms": ("no_sender_available", "every pool number is in use with this customer")}
-                )
+        alphanumeric = tenant["sms_sender_mode"] == SenderMode.ALPHANUMERIC
+        pool = [] if alphanumeric else await self._pool(conn)
+        holdings = [] if alphanumeric else await assignments.holdings_for_customer(conn, customer)
+        chosen = self._sender(tenant, req, customer, pool, holdings, now)
+        if chosen is None:
+            self.no_sender_available += 1
+            raise _no_sender()
+        if isinstance(chosen, Allocation):
             await assignments.record_use(
                 conn,
                 tenant_id=tenant_id,
                 customer_e164=customer,
-                allocation=allocation,
+                allocation=chosen,
                 contact_pk=contact_pk,
                 thread_id=thread_id,
                 now=now,
             )
-            sender = allocation.sender
+            sender = chosen.sender
+        else:
+            sender = chosen
         if await tenants_repo.change_credits(conn, tenant_id, -parts, "sms_reserved", now, None) is None:
-            raise ChannelsRefusedError(
-                {
-                    "sms": (
-                        "insufficient_credits",
-                        f"{parts} credits needed, {tenant['sms_credits']} available",
-                    )
-                }
-            )
+            raise _insufficient(parts, tenant["sms_credits"])
         message_id = new_id("msg")
-        await repo.insert_message(
-            conn,
-            {
+        rows = self._sms_rows(
+            message_id, tenant_id, thread_id, contact_pk, req, status, sender, customer, encoding, parts, now
+        )
+        await repo.insert_message(conn, rows.message)
+        await insert(conn, sms_parts, rows.parts)
+        await jobs.enqueue_rows(conn, [rows.job])
+        await repo.add_event_rows(conn, [rows.event])
+        return rows.body
+
+    async def _pool(self, conn: AsyncConnection) -> Sequence[str]:
+        return self.settings.pool if self.settings.pool is not None else await assignments.active_pool(conn)
+
+    def _sender(
+        self,
+        tenant: dict[str, Any],
+        req: SendRequest,
+        customer: str,
+        pool: Sequence[str],
+        holdings: Sequence[Holding],
+        now: datetime,
+    ) -> Allocation | str | None:
+        """The header of an alphanumeric tenant; else the pool number to use for ``customer``
+        (None: none is free)."""
+        if tenant["sms_sender_mode"] == SenderMode.ALPHANUMERIC:
+            return str(req.sms_sender or tenant["sms_alphanumeric"] or "")
+        return allocate(
+            tenant_id=tenant["id"],
+            pool=pool,
+            holdings=holdings,
+            customer=customer,
+            now=now,
+            reply_window=self.settings.reply_window,
+        )
+
+    def _sms_rows(
+        self,
+        message_id: str,
+        tenant_id: str,
+        thread_id: str,
+        contact_pk: int | None,
+        req: SendRequest,
+        status: str,
+        sender: str,
+        customer: str,
+        encoding: sms_text.Encoding,
+        parts: int,
+        now: datetime,
+    ) -> _SmsRows:
+        """What accepting one SMS writes (besides credits, thread and sender assignment), and the
+        answer for it."""
+        ref = self.references.next(customer) if parts > 1 else 0
+        return _SmsRows(
+            message={
                 "id": message_id,
                 "tenant_id": tenant_id,
                 "thread_id": thread_id,
@@ -517,33 +699,47 @@ class OutboundService:
                 "created_at": now,
                 "updated_at": now,
             },
+            parts=[
+                {"message_id": message_id, "part_no": n, "status": "pending", "updated_at": now}
+                for n in range(1, parts + 1)
+            ],
+            job=jobs.job_row(
+                SMS_JOB,
+                {"message_id": message_id, "ref": ref},
+                now=now,
+                run_at=req.send_at,
+                message_id=message_id,
+                tenant_id=tenant_id,
+                max_attempts=self.settings.max_attempts,
+            ),
+            event={
+                "tenant_id": tenant_id,
+                "type": "message.status",
+                "payload": {
+                    "message_id": message_id,
+                    "channel": "sms",
+                    "status": status,
+                    "thread_id": thread_id,
+                },
+                "created_at": now,
+            },
+            body={
+                "id": message_id,
+                "channel": "sms",
+                "status": status,
+                "thread_id": thread_id,
+                "sms": {"encoding": encoding.value, "parts": parts, "sender": sender},
+            },
         )
-        await repo.insert_sms_parts(conn, message_id, parts, now)
-        ref = self.references.next(customer) if parts > 1 else 0
-        await jobs.enqueue(
-            conn,
-            SMS_JOB,
-            {"message_id": message_id, "ref": ref},
-            now=now,
-            run_at=req.send_at,
-            message_id=message_id,
-            tenant_id=tenant_id,
-            max_attempts=self.settings.max_attempts,
-        )
-        await repo.add_event(
-            conn,
-            tenant_id,
-            "message.status",
-            {"message_id": message_id, "channel": "sms", "status": status, "thread_id": thread_id},
-            now,
-        )
-        return {
-            "id": message_id,
-            "channel": "sms",
-            "status": status,
-            "thread_id": thread_id,
-            "sms": {"encoding": encoding.value, "parts": parts, "sender": sender},
-        }
+
+
+@dataclass(frozen=True, slots=True)
+class _SmsRows:
+    message: dict[str, Any]
+    parts: list[dict[str, Any]]
+    job: dict[str, Any]
+    event: dict[str, Any]
+    body: dict[str, Any]
 
 
 def request_hash(body: dict[str, Any]) -> str:
@@ -610,6 +806,47 @@ def _check_shape(req: SendRequest) -> None:
     check_category(req.category)
     _no_line_breaks(req.subject, "subject")
     _no_line_breaks(req.to_email, "to.email")
+
+
+@dataclass(frozen=True, slots=True)
+class _SmsItem:
+    """One request waiting to be accepted with others (OutboundService._accept_sms)."""
+
+    tenant_id: str
+    req: SendRequest
+    now: datetime
+    encoding: sms_text.Encoding
+    parts: int
+
+
+class _CreditsRaced(Exception):
+    """A batch's credits were taken by a concurrent writer between our read and our update."""
+
+
+def _batchable(req: SendRequest) -> bool:
+    """An SMS to a contact without the options that need the one-request path (idempotency,
+    dedupe, a named thread)."""
+    return (
+        tuple(req.channels) == (Channel.SMS,)
+        and req.contact_id is not None
+        and not req.to_phone
+        and not req.to_email
+        and not req.idempotency_key
+        and not req.dedupe_key
+        and req.thread_id is None
+    )
+
+
+def _no_sender() -> ChannelsRefusedError:
+    return ChannelsRefusedError(
+        {"sms": ("no_sender_available", "every pool number is in use with this customer")}
+    )
+
+
+def _insufficient(parts: int, available: int) -> ChannelsRefusedError:
+    return ChannelsRefusedError(
+        {"sms": ("insufficient_credits", f"{parts} credits needed, {available} available")}
+    )
 
 
 def _check_sms_sender(tenant: dict[str, Any], wanted: str | None) -> Deny | None:

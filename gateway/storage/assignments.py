@@ -88,3 +88,53 @@ async def record_use(
             "created_at": now,
         },
     )
+
+
+async def record_uses(
+    conn: AsyncConnection, uses: list[tuple[str, str, Allocation, int | None, str, datetime]]
+) -> None:
+    """:func:`record_use` for many (tenant, customer, allocation, contact pk, thread id, now) at
+    once, in a fixed order (tenant, customer) so that concurrent writers lock the rows alike
+    (PostgreSQL); a later use of the same pair wins."""
+    last = {(use[0], use[1]): use for use in uses}
+    ordered = [last[key] for key in sorted(last)]
+    for tenant_id, customer, allocation, _, _, _ in ordered:
+        if allocation.takes_over:
+            await conn.execute(
+                _TAKE_OVER, {"sender": allocation.sender, "customer": customer, "t_id": tenant_id}
+            )
+    if ordered:
+        await conn.execute(
+            _UPSERT[conn.dialect.name],
+            [
+                {
+                    "tenant_id": tenant_id,
+                    "customer_e164": customer,
+                    "sender_e164": allocation.sender,
+                    "contact_pk": contact_pk,
+                    "last_thread_id": thread_id,
+                    "last_used_at": now,
+                    "created_at": now,
+                }
+                for tenant_id, customer, allocation, contact_pk, thread_id, now in ordered
+            ],
+        )
+
+
+async def holdings_for_customers(conn: AsyncConnection, customers: list[str]) -> dict[str, list[Holding]]:
+    """:func:`holdings_for_customer` for many customers in one query."""
+    found: dict[str, list[Holding]] = {c: [] for c in customers}
+    if customers:
+        for r in await fetch(conn, _HOLDINGS_OF_CUSTOMERS, {"customers": sorted(set(customers))}):
+            found[r["customer_e164"]].append(
+                Holding(sender=r["sender_e164"], tenant_id=r["tenant_id"], last_used_at=r["last_used_at"])
+            )
+    return found
+
+
+_HOLDINGS_OF_CUSTOMERS = sa.select(
+    sender_assignments.c.customer_e164,
+    sender_assignments.c.sender_e164,
+    sender_assignments.c.tenant_id,
+    sender_assignments.c.last_used_at,
+).where(sender_assignments.c.customer_e164.in_(sa.bindparam("customers", expanding=True)))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -152,6 +152,36 @@ _PHONES_FOR_SEND = (
     .where(contact_phones.c.contact_pk == sa.bindparam("pk"))
     .order_by(contact_phones.c.position)
 )
+
+
+_CONTACTS_FOR_SEND = sa.select(contacts).where(
+    contacts.c.tenant_id == sa.bindparam("t_id"),
+    contacts.c.contact_id.in_(sa.bindparam("c_ids", expanding=True)),
+)
+_PHONES_OF_CONTACTS = (
+    sa.select(
+        contact_phones.c.contact_pk,
+        contact_phones.c.e164,
+        contact_phones.c.number_type,
+        contact_phones.c.region,
+    )
+    .where(contact_phones.c.contact_pk.in_(sa.bindparam("pks", expanding=True)))
+    .order_by(contact_phones.c.contact_pk, contact_phones.c.position)
+)
+
+
+async def load_many_for_sms(
+    conn: AsyncConnection, tenant_id: str, contact_ids: Sequence[str]
+) -> dict[str, tuple[Contact, int]]:
+    """:func:`load_for_sms` for many contacts of one tenant in two queries; missing ids are absent."""
+    if not contact_ids:
+        return {}
+    rows = await fetch(conn, _CONTACTS_FOR_SEND, {"t_id": tenant_id, "c_ids": sorted(set(contact_ids))})
+    phones: dict[int, list[Phone]] = {}
+    if rows:
+        for p in await fetch(conn, _PHONES_OF_CONTACTS, {"pks": [r["pk"] for r in rows]}):
+            phones.setdefault(p["contact_pk"], []).append(Phone(p["e164"], p["number_type"], p["region"]))
+    return {r["contact_id"]: (_contact(r, phones.get(r["pk"], ()), ()), int(r["pk"])) for r in rows}
 
 
 async def load_for_sms(conn: AsyncConnection, tenant_id: str, contact_id: str) -> tuple[Contact, int] | None:

@@ -143,6 +143,41 @@ def _owned(ids: Collection[int], worker_id: str) -> list[sa.ColumnElement[bool]]
     return [_J.c.id.in_(list(ids)), _J.c.locked_by == worker_id, _J.c.status == "running"]
 
 
+def job_row(
+    kind: str,
+    payload: dict[str, Any],
+    *,
+    now: datetime,
+    run_at: datetime | None = None,
+    message_id: str | None = None,
+    tenant_id: str | None = None,
+    max_attempts: int,
+) -> dict[str, Any]:
+    """A ``queued`` job's row, for :func:`enqueue` or, several at once, :func:`enqueue_rows`."""
+    if not kind or len(kind) > _KIND_MAX:
+        raise ValueError(f"job kind must be 1..{_KIND_MAX} characters: {kind!r}")
+    if max_attempts < 1:
+        raise ValueError("max_attempts must be >= 1")
+    return {
+        "kind": kind,
+        "payload": payload,
+        "status": "queued",
+        "attempts": 0,
+        "max_attempts": max_attempts,
+        "run_at": run_at if run_at is not None else now,
+        "message_id": message_id,
+        "tenant_id": tenant_id,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+async def enqueue_rows(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    """Add the jobs :func:`job_row` made, in one statement (as :func:`enqueue`: in the caller's unit)."""
+    if rows:
+        await insert(conn, _J, rows)
+
+
 async def enqueue(
     conn: AsyncConnection,
     kind: str,
@@ -159,22 +194,15 @@ async def enqueue(
     ``run_at`` is when it becomes due (a scheduled ``send_at``); default ``now``. Nobody sees the job
     before the caller's unit of work commits, and it vanishes if that unit fails.
     """
-    if not kind or len(kind) > _KIND_MAX:
-        raise ValueError(f"job kind must be 1..{_KIND_MAX} characters: {kind!r}")
-    if max_attempts < 1:
-        raise ValueError("max_attempts must be >= 1")
-    values = {
-        "kind": kind,
-        "payload": payload,
-        "status": "queued",
-        "attempts": 0,
-        "max_attempts": max_attempts,
-        "run_at": run_at if run_at is not None else now,
-        "message_id": message_id,
-        "tenant_id": tenant_id,
-        "created_at": now,
-        "updated_at": now,
-    }
+    values = job_row(
+        kind,
+        payload,
+        now=now,
+        run_at=run_at,
+        message_id=message_id,
+        tenant_id=tenant_id,
+        max_attempts=max_attempts,
+    )
     if _FAST_SQLITE_INSERT:
         job_id = await insert(conn, _J, values)
         if job_id is not None:

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.domain.ids import new_id
-from gateway.storage.db import fetch_one, insert, lock_name, notify_after_commit, run
+from gateway.storage.db import fetch, fetch_one, insert, lock_name, lock_names, notify_after_commit, run
 from gateway.storage.tables import events, idempotency_keys, messages, sms_parts, threads
 
 # --- threads -----------------------------------------------------------------------------------
@@ -44,7 +44,7 @@ async def find_or_create_thread(
     if found is not None:
         return found, False
     who = f"contact:{contact_pk}" if contact_pk is not None else "addr:" + ",".join(sorted(addresses))
-    await lock_name(conn, f"thread:{tenant_id}:{who}:{context!r}")
+    await lock_name(conn, _thread_lock(tenant_id, who, context))
     found = await _find_thread(conn, tenant_id, contact_pk, context, addresses)
     if found is not None:
         return found, False
@@ -96,22 +96,66 @@ async def create_thread(
     now: datetime,
 ) -> str:
     """A new conversation of the contact (or of nobody), for ``context`` if given."""
-    thread_id = new_id("thr")
-    await insert(
-        conn,
-        threads,
-        {
-            "id": thread_id,
-            "tenant_id": tenant_id,
-            "contact_pk": contact_pk,
-            "context_type": context[0] if context else None,
-            "context_id": context[1] if context else None,
-            "token": secrets.token_hex(6),
-            "created_at": now,
-            "last_message_at": now,
-        },
-    )
-    return thread_id
+    row = _thread_row(tenant_id, contact_pk, context, now)
+    await insert(conn, threads, row)
+    return str(row["id"])
+
+
+def _thread_row(
+    tenant_id: str, contact_pk: int | None, context: tuple[str, str] | None, now: datetime
+) -> dict[str, Any]:
+    return {
+        "id": new_id("thr"),
+        "tenant_id": tenant_id,
+        "contact_pk": contact_pk,
+        "context_type": context[0] if context else None,
+        "context_id": context[1] if context else None,
+        "token": secrets.token_hex(6),
+        "created_at": now,
+        "last_message_at": now,
+    }
+
+
+def _thread_lock(tenant_id: str, who: str, context: tuple[str, str] | None) -> str:
+    return f"thread:{tenant_id}:{who}:{context!r}"
+
+
+async def ongoing_threads(
+    conn: AsyncConnection, tenant_id: str, contact_pks: Sequence[int], now: datetime
+) -> dict[int, tuple[str, bool]]:
+    """:func:`find_or_create_thread` without a context for many contacts of one tenant at once:
+    each contact's newest thread without a context, created where there is none (same lock and
+    second look on PostgreSQL). Per contact: (thread id, created now)."""
+    wanted = sorted(set(contact_pks))
+    found = await _newest_threads(conn, tenant_id, wanted)
+    missing = [pk for pk in wanted if pk not in found]
+    if missing and conn.dialect.name == "postgresql":
+        await lock_names(conn, [_thread_lock(tenant_id, f"contact:{pk}", None) for pk in missing])
+        found |= await _newest_threads(conn, tenant_id, missing)
+        missing = [pk for pk in missing if pk not in found]
+    rows = [_thread_row(tenant_id, pk, None, now) for pk in missing]
+    if rows:
+        await insert(conn, threads, rows)
+    out = {pk: (thread_id, False) for pk, thread_id in found.items()}
+    out.update({int(r["contact_pk"]): (str(r["id"]), True) for r in rows})
+    return out
+
+
+_THREADS_OF_CONTACTS = sa.select(threads.c.id, threads.c.contact_pk, threads.c.last_message_at).where(
+    threads.c.tenant_id == sa.bindparam("t_id"),
+    threads.c.contact_pk.in_(sa.bindparam("pks", expanding=True)),
+    threads.c.context_type.is_(None),
+)
+
+
+async def _newest_threads(conn: AsyncConnection, tenant_id: str, pks: list[int]) -> dict[int, str]:
+    # The order of _THREAD_OF_CONTACT: newest last_message_at, then the greatest id.
+    best: dict[int, tuple[datetime, str]] = {}
+    for r in await fetch(conn, _THREADS_OF_CONTACTS, {"t_id": tenant_id, "pks": pks}):
+        key = (r["last_message_at"], r["id"])
+        if r["contact_pk"] not in best or key > best[r["contact_pk"]]:
+            best[r["contact_pk"]] = key
+    return {pk: thread_id for pk, (_, thread_id) in best.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +203,12 @@ async def touch_thread(conn: AsyncConnection, thread_id: str, now: datetime) -> 
     await run(conn, _TOUCH_THREAD, {"t_id": thread_id, "t_now": now})
 
 
+async def touch_threads(conn: AsyncConnection, touches: Sequence[tuple[str, datetime]]) -> None:
+    """:func:`touch_thread` for many (thread id, now) in one statement."""
+    if touches:
+        await conn.execute(_TOUCH_THREAD, [{"t_id": t, "t_now": now} for t, now in touches])
+
+
 # --- messages ----------------------------------------------------------------------------------
 
 
@@ -170,17 +220,9 @@ _TOUCH_THREAD = (
 )
 
 
-async def insert_message(conn: AsyncConnection, values: dict[str, Any]) -> None:
+async def insert_message(conn: AsyncConnection, values: dict[str, Any] | list[dict[str, Any]]) -> None:
     """``values`` should name every column (one compiled form is then reused)."""
     await insert(conn, messages, values)
-
-
-async def insert_sms_parts(conn: AsyncConnection, message_id: str, parts: int, now: datetime) -> None:
-    rows = [
-        {"message_id": message_id, "part_no": n, "status": "pending", "updated_at": now}
-        for n in range(1, parts + 1)
-    ]
-    await insert(conn, sms_parts, rows)
 
 
 _GET_MESSAGE = sa.select(messages).where(messages.c.id == sa.bindparam("m_id"))

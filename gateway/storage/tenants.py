@@ -155,6 +155,34 @@ _CHANGE_CREDITS = (
 )
 
 
+async def reserve_credits(
+    conn: AsyncConnection, tenant_id: str, charges: Sequence[tuple[int, str]], reason: str, now: datetime
+) -> bool:
+    """:func:`change_credits` for several messages at once: ``charges`` are (credits, message id),
+    taken in order with one ledger row each, in one conditional UPDATE. False (nothing changed)
+    when the balance does not cover them all."""
+    total = sum(amount for amount, _ in charges)
+    row = await fetch_one(conn, _CHANGE_CREDITS, {"t_id": tenant_id, "delta": -total, "now": now})
+    if row is None:
+        return False
+    balance = int(row["sms_credits"]) + total
+    ledger = []
+    for amount, message_id in charges:
+        balance -= amount
+        ledger.append(
+            {
+                "tenant_id": tenant_id,
+                "delta": -amount,
+                "reason": reason,
+                "message_id": message_id,
+                "balance_after": balance,
+                "created_at": now,
+            }
+        )
+    await insert(conn, credit_ledger, ledger)
+    return True
+
+
 async def change_credits(
     conn: AsyncConnection,
     tenant_id: str,
