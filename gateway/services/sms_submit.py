@@ -31,7 +31,7 @@ from gateway.domain.ports import SmsTransport, SubmitPart, SubmitResult
 from gateway.domain.sms_text import Encoding
 from gateway.domain.udh import concat_parts
 from gateway.services.delivery import IdKey, RetryLaterError, apply_parked_for, settle
-from gateway.storage.db import Database
+from gateway.storage.db import Database, fetch, run, run_many
 from gateway.storage.jobs import Job
 from gateway.storage.messages import add_event_rows
 from gateway.storage.tables import messages, sms_parts
@@ -160,19 +160,17 @@ class SmsSubmitter:
         async def begin(
             conn: AsyncConnection,
         ) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
-            changed = (await conn.execute(_MARK_SENDING, {"ids": ids, "now": now})).all()
+            changed = await fetch(conn, _MARK_SENDING, {"ids": ids, "now": now})
             if changed:
                 await add_event_rows(
                     conn,
-                    [
-                        _event(tenant_id, message_id, thread_id, "sending", now)
-                        for message_id, tenant_id, thread_id in changed
-                    ],
+                    [_event(c["tenant_id"], c["id"], c["thread_id"], "sending", now) for c in changed],
                 )
-            rows = [dict(r) for r in (await conn.execute(_SENDING, {"ids": ids})).mappings()]
+            rows = await fetch(conn, _SENDING, {"ids": ids})
             parts: dict[str, list[dict[str, Any]]] = defaultdict(list)
-            for r in (await conn.execute(_PARTS, {"ids": [m["id"] for m in rows]})).mappings():
-                parts[r["message_id"]].append(dict(r))
+            if rows:
+                for r in await fetch(conn, _PARTS, {"ids": [m["id"] for m in rows]}):
+                    parts[r["message_id"]].append(r)
             return rows, parts
 
         rows, parts = await self.db.write(begin) if ids else ([], {})
@@ -231,10 +229,8 @@ class SmsSubmitter:
                     other.append(
                         {**where, "status": status, "connector": result.connector, "status_reason": reason}
                     )
-            if accepted:
-                await conn.execute(_UPDATE_PART, accepted)
-            if other:
-                await conn.execute(_UPDATE_PART, other)
+            await run_many(conn, _UPDATE_PART, accepted)
+            await run_many(conn, _UPDATE_PART, other)
             if keys:
                 # Receipts that arrived before we stored these ids were parked; take them now.
                 needs_settle |= await apply_parked_for(conn, keys, now)
@@ -253,7 +249,7 @@ class SmsSubmitter:
                 if "pending" not in statuses and "retry" not in statuses:
                     sent.append(message_id)
             if sent:
-                await conn.execute(_MARK_SENT, {"ids": sent, "now": now})
+                await run(conn, _MARK_SENT, {"ids": sent, "now": now})
                 await add_event_rows(
                     conn,
                     [

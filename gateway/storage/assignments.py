@@ -11,7 +11,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.domain.senders import Allocation, Holding
-from gateway.storage.db import fetch, run
+from gateway.storage.db import fetch, run, run_many
 from gateway.storage.tables import sender_assignments, sender_numbers
 
 # Statements built once (this is on every send): the customer-first unique index answers both.
@@ -104,7 +104,8 @@ async def record_uses(
                 _TAKE_OVER, {"sender": allocation.sender, "customer": customer, "t_id": tenant_id}
             )
     if ordered:
-        await conn.execute(
+        await run_many(
+            conn,
             _UPSERT[conn.dialect.name],
             [
                 {

@@ -183,6 +183,16 @@ async def fetch_one(
     return rows[0] if rows else None
 
 
+async def run_many(conn: AsyncConnection, statement: Any, rows: list[dict[str, Any]]) -> None:
+    """Execute a prebuilt UPDATE/INSERT once per row of parameters (executemany); the rows must
+    name the same parameters. Raw sqlite3 inside the SQLite writer, SQLAlchemy elsewhere."""
+    if not rows:
+        return
+    if isinstance(conn, LoopConnection) and conn.run_planned_many(statement, rows):
+        return
+    await conn.execute(statement, rows)
+
+
 async def run(conn: AsyncConnection, statement: Any, params: dict[str, Any] | None = None) -> int:
     """Execute a prebuilt UPDATE/DELETE/INSERT without RETURNING; the affected row count."""
     if isinstance(conn, LoopConnection):
@@ -205,6 +215,8 @@ class _Plan:
     statement: Any  # kept so that id(statement) stays this statement's while the plan lives
     sql: str
     names: tuple[str, ...]
+    #: Positions of expanding IN parameters (a list each): their placeholders are written per call.
+    expanding: tuple[int, ...]
     converted: tuple[tuple[int, Callable[[Any], Any]], ...]  # (position, bind processor)
     defaults: dict[str, Any]
     columns: tuple[str, ...]
@@ -311,14 +323,34 @@ class LoopConnection:
         raw = self._conn.connection.driver_connection
         assert raw is not None
         values = _bind(plan, given)
+        sql = plan.sql
+        if plan.expanding:
+            expanded = _expand(plan, values)
+            if expanded is None:
+                return None
+            sql, values = expanded
         try:
-            cursor = raw.execute(plan.sql, values)
+            cursor = raw.execute(sql, values)
         except sqlite3.Error as exc:
-            raise self._error(plan.sql, values, exc) from exc
+            raise self._error(sql, values, exc) from exc
         if cursor.description is None:
             return [], cursor.rowcount
         rows = _rows(plan, cursor.fetchall())
         return rows, cursor.rowcount
+
+    def run_planned_many(self, statement: Any, rows: list[dict[str, Any]]) -> bool:
+        """:meth:`run_planned` with executemany; False when the statement has no plan for it."""
+        plan = _plan_for(statement, self.dialect, rows[0])
+        if plan is None or plan.expanding:
+            return False
+        raw = self._conn.connection.driver_connection
+        assert raw is not None
+        values = [_bind(plan, row) for row in rows]
+        try:
+            raw.executemany(plan.sql, values)
+        except sqlite3.Error as exc:
+            raise self._error(plan.sql, values, exc) from exc
+        return True
 
     def in_transaction(self) -> bool:
         return self._conn.in_transaction()
@@ -354,7 +386,7 @@ def _compile_plan(statement: Any, dialect: Any, keys: tuple[str, ...] | None) ->
     compiled: Any = statement.compile(dialect=dialect, column_keys=list(keys) if keys else None)
     if (
         compiled.positiontup is None
-        or compiled.post_compile_params
+        or any(not b.expanding for b in compiled.post_compile_params)
         or compiled.literal_execute_params
         or getattr(compiled, "insert_prefetch", None)
         or getattr(compiled, "update_prefetch", None)
@@ -366,11 +398,15 @@ def _compile_plan(statement: Any, dialect: Any, keys: tuple[str, ...] | None) ->
     if any(binds[n].callable is not None for n in names):
         return None
     bind_procs = compiled._bind_processors
+    expanding = tuple(i for i, n in enumerate(names) if binds[n].expanding)
+    if any(bind_procs.get(names[i]) is not None for i in expanding):
+        return None  # an IN list whose items convert: SQLAlchemy's own path
     results = compiled._result_columns
     return _Plan(
         statement=statement,
         sql=compiled.string,
         names=names,
+        expanding=expanding,
         converted=tuple((i, bind_procs[n]) for i, n in enumerate(names) if bind_procs.get(n) is not None),
         defaults={n: binds[n].value for n in names if not binds[n].required},
         columns=tuple(r[0] for r in results),
@@ -388,6 +424,35 @@ def _bind(plan: _Plan, given: dict[str, Any]) -> list[Any]:
     for i, proc in plan.converted:
         values[i] = proc(values[i])
     return values
+
+
+_EXPANDED: dict[tuple[str, tuple[int, ...]], str] = {}
+
+
+def _expand(plan: _Plan, values: list[Any]) -> tuple[str, list[Any]] | None:
+    """The SQL and flat values for this call's IN-list lengths; None for an empty list (SQLAlchemy
+    writes an always-false expression for it)."""
+    for i in plan.expanding:
+        if not isinstance(values[i], list | tuple):
+            values[i] = list(values[i])
+    lengths = tuple(len(values[i]) for i in plan.expanding)
+    if not all(lengths):
+        return None
+    sql = _EXPANDED.get((plan.sql, lengths))
+    if sql is None:
+        sql = plan.sql
+        for i, n in zip(plan.expanding, lengths, strict=True):
+            sql = sql.replace(f"__[POSTCOMPILE_{plan.names[i]}]", ", ".join("?" * n))
+        if len(_EXPANDED) >= 1024:
+            _EXPANDED.clear()
+        _EXPANDED[(plan.sql, lengths)] = sql
+    flat: list[Any] = []
+    for i, value in enumerate(values):
+        if i in plan.expanding:
+            flat.extend(value)
+        else:
+            flat.append(value)
+    return sql, flat
 
 
 def _rows(plan: _Plan, fetched: Any) -> list[dict[str, Any]]:

@@ -12,7 +12,16 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.domain.ids import new_id
-from gateway.storage.db import fetch, fetch_one, insert, lock_name, lock_names, notify_after_commit, run
+from gateway.storage.db import (
+    fetch,
+    fetch_one,
+    insert,
+    lock_name,
+    lock_names,
+    notify_after_commit,
+    run,
+    run_many,
+)
 from gateway.storage.tables import events, idempotency_keys, messages, sms_parts, threads
 
 # --- threads -----------------------------------------------------------------------------------
@@ -206,7 +215,7 @@ async def touch_thread(conn: AsyncConnection, thread_id: str, now: datetime) -> 
 async def touch_threads(conn: AsyncConnection, touches: Sequence[tuple[str, datetime]]) -> None:
     """:func:`touch_thread` for many (thread id, now) in one statement."""
     if touches:
-        await conn.execute(_TOUCH_THREAD, [{"t_id": t, "t_now": now} for t, now in touches])
+        await run_many(conn, _TOUCH_THREAD, [{"t_id": t, "t_now": now} for t, now in touches])
 
 
 # --- messages ----------------------------------------------------------------------------------

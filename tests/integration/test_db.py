@@ -98,6 +98,48 @@ async def test_prebuilt_statements_give_the_same_rows_inside_the_writer_and_outs
     assert await db.write(lambda conn: fetch_one(conn, _NUMBERS.where(sa.false()))) is None
 
 
+_NUMBERS_IN = _NUMBERS.where(
+    sender_numbers.c.e164.in_(sa.bindparam("ns", expanding=True)),
+    sender_numbers.c.active.in_(sa.bindparam("states", expanding=True)),
+)
+_SET_ACTIVE = sa.update(sender_numbers).where(sender_numbers.c.e164 == sa.bindparam("n"))
+
+
+async def test_in_lists_and_executemany_give_the_same_results_inside_the_writer_and_outside(
+    db: Database,
+) -> None:
+    """IN lists (any length, empty too) and executemany through the raw path match SQLAlchemy's."""
+    from gateway.storage.db import fetch, run, run_many
+
+    numbers = [f"+4850000{i:04d}" for i in range(30)]
+    await db.write(
+        lambda conn: run_many(
+            conn, _PUT_NUMBER, [{"e164": n, "active": True, "created_at": NOW} for n in numbers]
+        )
+    )
+    await db.write(
+        lambda conn: run_many(conn, _SET_ACTIVE, [{"n": n, "active": False} for n in numbers[::3]])
+    )
+    for ns, states in [
+        (numbers, [True]),
+        (numbers[:7], [True, False]),
+        (tuple(numbers[5:9]), {False}),
+        ([], [True]),
+        (numbers, []),
+        (["+1"], [True, False]),
+    ]:
+        params = {"ns": ns, "states": states}
+        written = await db.write(lambda conn, p=params: fetch(conn, _NUMBERS_IN, p))  # type: ignore[misc]
+        read = await db.read(lambda conn, p=params: fetch(conn, _NUMBERS_IN, p))  # type: ignore[misc]
+        assert written == read
+        assert [r["e164"] for r in written] == sorted(
+            n for n in ns if n in numbers and (numbers.index(n) % 3 != 0) in set(states)
+        )
+    activate = sa.update(sender_numbers).where(sender_numbers.c.e164.in_(sa.bindparam("ns", expanding=True)))
+    changed = await db.write(lambda conn: run(conn, activate, {"ns": numbers[:4], "active": True}))
+    assert changed == 4
+
+
 async def test_hot_path_insert_raises_the_same_integrity_error_everywhere(db: Database) -> None:
     """insert() takes raw driver paths (sqlite3 in the writer, asyncpg on PostgreSQL): a constraint
     violation must still be SQLAlchemy's IntegrityError, which callers catch, and roll back alone."""
