@@ -11,7 +11,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.domain.senders import Allocation, Holding
-from gateway.storage.db import fetch, run, run_many
+from gateway.storage.db import fetch, run_many
 from gateway.storage.tables import sender_assignments, sender_numbers
 
 # Statements built once (this is on every send): the customer-first unique index answers both.
@@ -69,25 +69,7 @@ async def record_use(
     now: datetime,
 ) -> None:
     """Make ``allocation.sender`` this tenant's number for the customer and stamp the use."""
-    if allocation.takes_over:
-        # Another tenant's expired hold on (number, customer): it loses the pair (replies from the
-        # customer now belong to whoever wrote last, within the window).
-        await conn.execute(
-            _TAKE_OVER, {"sender": allocation.sender, "customer": customer_e164, "t_id": tenant_id}
-        )
-    await run(
-        conn,
-        _UPSERT[conn.dialect.name],
-        {
-            "tenant_id": tenant_id,
-            "customer_e164": customer_e164,
-            "sender_e164": allocation.sender,
-            "contact_pk": contact_pk,
-            "last_thread_id": thread_id,
-            "last_used_at": now,
-            "created_at": now,
-        },
-    )
+    await record_uses(conn, [(tenant_id, customer_e164, allocation, contact_pk, thread_id, now)])
 
 
 async def record_uses(
@@ -100,6 +82,8 @@ async def record_uses(
     ordered = [last[key] for key in sorted(last)]
     for tenant_id, customer, allocation, _, _, _ in ordered:
         if allocation.takes_over:
+            # Another tenant's expired hold on (number, customer): it loses the pair (replies from
+            # the customer now belong to whoever wrote last, within the window).
             await conn.execute(
                 _TAKE_OVER, {"sender": allocation.sender, "customer": customer, "t_id": tenant_id}
             )
