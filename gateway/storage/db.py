@@ -757,6 +757,12 @@ class Database:
         if self._closing:
             return
         self._closing = True
+        # PostgreSQL: batched items already handed to us are written before the engine goes.
+        while any(self._gathering.values()) or self._gathered_tasks:
+            for fn in [fn for fn, waiting in self._gathering.items() if waiting]:
+                self._start_gathered(fn)
+            if self._gathered_tasks:
+                await asyncio.wait(set(self._gathered_tasks))
         if self._writer is not None:
             await self._queue.put(None)
             with contextlib.suppress(asyncio.CancelledError):

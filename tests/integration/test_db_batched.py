@@ -94,3 +94,17 @@ async def test_many_callers_over_time_all_committed(db: Database) -> None:
     assert outcomes == [f"done ok{i:03d}" for i in range(300)]
     assert await _written(db) == [f"ok{i:03d}" for i in range(300)]
     assert len(fn.calls) < 300  # they did share units
+
+
+async def test_items_handed_over_before_close_are_committed(db_target: Any) -> None:
+    db = await Database.open(db_target.url, pg_schema=db_target.pg_schema)
+    fn = Batcher()
+    calls = [asyncio.create_task(db.write_batched(fn, f"ok{i}")) for i in range(20)]
+    await asyncio.sleep(0)  # they are queued (not yet run) when close() starts
+    await db.close()
+    assert [await c for c in calls] == [f"done ok{i}" for i in range(20)]
+    again = await Database.open(db_target.url, pg_schema=db_target.pg_schema)
+    try:
+        assert await _written(again) == sorted(f"ok{i}" for i in range(20))
+    finally:
+        await again.close()
