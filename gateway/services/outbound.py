@@ -144,16 +144,19 @@ class OutboundService:
         if _batchable(req):
             # The common request (an SMS to a contact) joins the others waiting for the database:
             # one statement per table for all of them (ISSUE 3), same checks and outcome as alone.
+            item = _SmsItem(tenant_id, req, now, encoding, parts, request_hash)
             try:
-                sms = await self.db.write_batched(
-                    self._accept_sms, _SmsItem(tenant_id, req, now, encoding, parts)
-                )
+                status, body = await self.db.write_batched(self._accept_sms, item)
             except ChannelsRefusedError as exc:
                 if exc.refusals.get("sms", ("", ""))[0] == "no_sender_available":
                     self.no_sender_available += 1
                 raise
-            self.on_enqueued()
-            return 202, {"messages": [sms]}
+            except IntegrityError as exc:
+                # PostgreSQL: another daemon stored the same idempotency key first; answer as it did.
+                return await self._replay_committed(tenant_id, req, request_hash, exc)
+            if status == 202:
+                self.on_enqueued()
+            return status, body
         undeliverable = await self._deliverability(tenant_id, req)
 
         async def unit(conn: AsyncConnection) -> tuple[int, dict[str, Any]]:
@@ -216,18 +219,24 @@ class OutboundService:
 
         try:
             result = await self.db.write(unit)
-        except IntegrityError:
-            if not req.idempotency_key:
-                raise
-            # Our twin committed first: answer what it answered (and we wrote nothing).
-            stored = await self.db.read(
-                lambda conn: repo.get_idempotent(conn, tenant_id, req.idempotency_key or "")
-            )
-            if stored is None:
-                raise
-            return _replay(stored, request_hash)
+        except IntegrityError as exc:
+            return await self._replay_committed(tenant_id, req, request_hash, exc)
         self.on_enqueued()
         return result
+
+    async def _replay_committed(
+        self, tenant_id: str, req: SendRequest, request_hash: str, error: IntegrityError
+    ) -> tuple[int, dict[str, Any]]:
+        """After an IntegrityError: if a twin with our idempotency key committed first, answer what
+        it answered (we wrote nothing); else the error was something else and is raised again."""
+        if not req.idempotency_key:
+            raise error
+        stored = await self.db.read(
+            lambda conn: repo.get_idempotent(conn, tenant_id, req.idempotency_key or "")
+        )
+        if stored is None:
+            raise error
+        return _replay(stored, request_hash)
 
     def _sms_decision(
         self,
@@ -261,7 +270,10 @@ class OutboundService:
         """Accept many SMS-to-a-contact requests in one unit (Database.write_batched): the
         decisions of :meth:`send` for each request in arrival order, each seeing the ones before
         it (credits, threads and pool numbers taken), then one statement per table for the lot.
-        A refused request gets its error as its outcome and writes nothing."""
+        A refused request gets its error as its outcome and writes nothing. An idempotency key
+        already stored gets its stored answer (409 for another body); a second request with the
+        key of an earlier one in the batch gets that one's answer, as it would right after it.
+        Outcomes are (status, body) as :meth:`send` returns them."""
         outcomes: list[Any] = [None] * len(items)
         tenant_ids = sorted({i.tenant_id for i in items})
         profiles = {t: await tenants_repo.sending_profile(conn, t) for t in tenant_ids}
@@ -269,8 +281,22 @@ class OutboundService:
         for t in tenant_ids:
             wanted = [i.req.contact_id or "" for i in items if i.tenant_id == t]
             found[t] = await contacts_repo.load_many_for_sms(conn, t, wanted) if profiles[t] else {}
+        stored: dict[str, dict[str, dict[str, Any]]] = {}
+        for t in tenant_ids:
+            keys = [i.req.idempotency_key for i in items if i.tenant_id == t and i.req.idempotency_key]
+            stored[t] = await repo.get_idempotent_many(conn, t, keys)
+        claimed: dict[tuple[str, str], int] = {}  # (tenant, idempotency key) -> the item that has it
+        twins: list[tuple[int, int]] = []  # (item, earlier item of this batch with the same key)
         decided: list[tuple[int, SmsTarget, int, dict[str, Any]]] = []  # (item, target, contact pk, tenant)
         for n, item in enumerate(items):
+            if key := item.req.idempotency_key:
+                if (prior := stored[item.tenant_id].get(key)) is not None:
+                    outcomes[n] = _replayed(prior, item.request_hash)
+                    continue
+                if (item.tenant_id, key) in claimed:
+                    twins.append((n, claimed[(item.tenant_id, key)]))
+                    continue
+                claimed[(item.tenant_id, key)] = n
             tenant = profiles[item.tenant_id]
             hit = found[item.tenant_id].get(item.req.contact_id or "")
             if tenant is None:
@@ -310,8 +336,22 @@ class OutboundService:
                     Holding(sender=chosen.sender, tenant_id=item.tenant_id, last_used_at=item.now),
                 ]
             accepted.append((n, target, pk, chosen))
-        if not accepted:
-            return outcomes
+        if accepted:
+            await self._write_accepted(conn, items, accepted, outcomes)
+        for n, first in twins:
+            # As if one after the other: the twin gets the first one's stored answer.
+            if isinstance(outcomes[first], Exception):
+                raise _Undecided("a twin of a refused request")  # decided one by one instead
+            outcomes[n] = _replayed(_stored_answer(items[first], outcomes[first]), items[n].request_hash)
+        return outcomes
+
+    async def _write_accepted(
+        self,
+        conn: AsyncConnection,
+        items: list[_SmsItem],
+        accepted: list[tuple[int, SmsTarget, int, Allocation | str]],
+        outcomes: list[Any],
+    ) -> None:
         # The threads: without a context, every contact's ongoing one in one go; with one, as alone.
         plain: dict[str, list[int]] = {}
         for n, _, pk, _ in accepted:
@@ -372,15 +412,21 @@ class OutboundService:
                 # Someone else spent them since we read the balance (another daemon). Raising undoes
                 # this unit: several requests are then decided one by one; a lone one is refused.
                 if len(items) == 1:
-                    raise _insufficient(items[0].parts, balance[tenant_id] + items[0].parts)
+                    now_held = await tenants_repo.sending_profile(conn, tenant_id)
+                    raise _insufficient(items[0].parts, now_held["sms_credits"] if now_held else 0)
                 raise _CreditsRaced(tenant_id)
         await repo.insert_message(conn, [r.message for r in rows])
         await insert(conn, sms_parts, [p for r in rows for p in r.parts])
         await jobs.enqueue_rows(conn, [r.job for r in rows])
         await repo.add_event_rows(conn, [r.event for r in rows])
+        answers: list[dict[str, Any]] = []
         for (n, _, _, _), r in zip(accepted, rows, strict=True):
-            outcomes[n] = r.body
-        return outcomes
+            outcomes[n] = (202, {"messages": [r.body]})
+            if items[n].req.idempotency_key:
+                answers.append(_stored_answer(items[n], outcomes[n]))
+        # PostgreSQL: a twin committed by another daemon meanwhile makes this an IntegrityError:
+        # each request then runs alone and finds the twin's answer.
+        await repo.put_idempotent_rows(conn, answers)
 
     async def _recipient(
         self, conn: AsyncConnection, tenant_id: str, req: SendRequest, to_phone: Phone | None
@@ -817,6 +863,30 @@ class _SmsItem:
     now: datetime
     encoding: sms_text.Encoding
     parts: int
+    request_hash: str
+
+
+def _stored_answer(item: _SmsItem, outcome: tuple[int, dict[str, Any]]) -> dict[str, Any]:
+    """The idempotency_keys row for an accepted request's answer."""
+    return {
+        "tenant_id": item.tenant_id,
+        "key": item.req.idempotency_key,
+        "request_hash": item.request_hash,
+        "status_code": outcome[0],
+        "response": outcome[1],
+        "created_at": item.now,
+    }
+
+
+def _replayed(stored: dict[str, Any], request_hash: str) -> tuple[int, dict[str, Any]] | ConflictError:
+    try:
+        return _replay(stored, request_hash)
+    except ConflictError as exc:
+        return exc
+
+
+class _Undecided(Exception):
+    """A batch that cannot decide a request as if alone: its requests are decided one by one."""
 
 
 class _CreditsRaced(Exception):
@@ -824,14 +894,13 @@ class _CreditsRaced(Exception):
 
 
 def _batchable(req: SendRequest) -> bool:
-    """An SMS to a contact without the options that need the one-request path (idempotency,
-    dedupe, a named thread)."""
+    """An SMS to a contact without the options that need the one-request path (dedupe, a named
+    thread)."""
     return (
         tuple(req.channels) == (Channel.SMS,)
         and req.contact_id is not None
         and not req.to_phone
         and not req.to_email
-        and not req.idempotency_key
         and not req.dedupe_key
         and req.thread_id is None
     )

@@ -327,6 +327,28 @@ async def get_idempotent(conn: AsyncConnection, tenant_id: str, key: str) -> dic
     return dict(row) if row else None
 
 
+_IDEMPOTENT_MANY = sa.select(idempotency_keys).where(
+    idempotency_keys.c.tenant_id == sa.bindparam("t_id"),
+    idempotency_keys.c.key.in_(sa.bindparam("keys", expanding=True)),
+)
+
+
+async def get_idempotent_many(
+    conn: AsyncConnection, tenant_id: str, keys: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """:func:`get_idempotent` for many keys of one tenant: the stored rows by key."""
+    if not keys:
+        return {}
+    rows = await fetch(conn, _IDEMPOTENT_MANY, {"t_id": tenant_id, "keys": sorted(set(keys))})
+    return {r["key"]: r for r in rows}
+
+
+async def put_idempotent_rows(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    """Store several finished answers at once (rows as for the idempotency_keys table)."""
+    if rows:
+        await insert(conn, idempotency_keys, rows)
+
+
 async def put_idempotent(
     conn: AsyncConnection,
     tenant_id: str,

@@ -8,12 +8,13 @@ import asyncio
 from typing import Any
 
 import sqlalchemy as sa
-from conftest import POOL
+from conftest import POOL, SMS_SETTINGS, DbTarget, FakeClock
 from test_api_messages import credits, new_tenant, put_contact
 
 from gateway.http.context import ApiContext
-from gateway.services.errors import ChannelsRefusedError, NotFoundError
-from gateway.services.outbound import SendRequest
+from gateway.services.errors import ChannelsRefusedError, ConflictError, NotFoundError
+from gateway.services.outbound import OutboundService, SendRequest
+from gateway.storage.db import Database
 from gateway.storage.tables import credit_ledger, messages
 
 
@@ -105,3 +106,55 @@ async def test_a_batch_with_contexts_and_alphanumeric_senders(api: Any, api_cont
     assert [m["sms"]["sender"] for m in got] == ["SERWIS"] * 4
     assert got[0]["thread_id"] == got[1]["thread_id"]
     assert len({got[0]["thread_id"], got[2]["thread_id"], got[3]["thread_id"]}) == 3
+
+
+async def test_idempotency_keys_inside_a_batch(api: Any, api_context: ApiContext) -> None:
+    shop = await new_tenant(api, "Serwis", credits=10)
+    await put_contact(api, shop, "jan", phones=["+48500100200"])
+    await put_contact(api, shop, "blk", phones=["+48500100204"], blocked=True)
+    send = api_context.outbound.send
+    _, earlier = await send(shop["id"], _sms("jan", idempotency_key="old"), "h-old")
+    outcomes = await asyncio.gather(
+        send(shop["id"], _sms("jan", idempotency_key="a"), "h-a"),
+        send(shop["id"], _sms("jan", idempotency_key="a"), "h-a"),  # its twin: the same answer
+        send(shop["id"], _sms("jan", idempotency_key="b"), "h-b"),
+        send(shop["id"], _sms("jan", idempotency_key="b", text="inna"), "h-b2"),  # key reused: 409
+        send(shop["id"], _sms("jan", idempotency_key="old"), "h-old"),  # stored earlier: replayed
+        send(shop["id"], _sms("blk", idempotency_key="c"), "h-c"),
+        send(shop["id"], _sms("blk", idempotency_key="c"), "h-c"),  # twin of a refused one
+        return_exceptions=True,
+    )
+    a1, a2, b1, b2, old, c1, c2 = outcomes
+    assert isinstance(a1, tuple) and a1 == a2 and a1[0] == 202
+    assert isinstance(b1, tuple) and b1[0] == 202
+    assert isinstance(b2, ConflictError) and b2.code == "idempotency_key_reused"
+    assert old == (202, earlier)
+    for refused in (c1, c2):
+        assert isinstance(refused, ChannelsRefusedError) and refused.refusals["sms"][0] == "contact_blocked"
+    assert await credits(api, shop) == 7  # old, a, b
+
+    async def count(conn: Any) -> int:
+        return int((await conn.execute(sa.select(sa.func.count()).select_from(messages))).scalar_one())
+
+    assert await api_context.db.read(count) == 3
+
+
+async def test_two_daemons_with_the_same_idempotency_key(
+    api: Any, api_context: ApiContext, db_target: DbTarget, clock: FakeClock
+) -> None:
+    """Scale-out (PostgreSQL) or two processes on one SQLite file: the same key sent through two
+    daemons at once is one message, one charge, and the same answer from both."""
+    shop = await new_tenant(api, "Serwis", credits=10)
+    await put_contact(api, shop, "jan", phones=["+48500100200"])
+    other_db = await Database.open(db_target.url, pg_schema=db_target.pg_schema)
+    try:
+        other = OutboundService(other_db, clock, SMS_SETTINGS)
+        for round_ in range(5):
+            req = _sms("jan", idempotency_key=f"k{round_}")
+            first, second = await asyncio.gather(
+                api_context.outbound.send(shop["id"], req, "h"), other.send(shop["id"], req, "h")
+            )
+            assert first == second and first[0] == 202
+    finally:
+        await other_db.close()
+    assert await credits(api, shop) == 5
