@@ -1,6 +1,6 @@
 """Benchmark: outbound SMS through the HTTP API into the test SMSC, with the daemon in its own process.
 
-    .venv/bin/python tests/perf/sms_out.py [--backend sqlite|postgresql|both] [--messages 20000]
+    .venv/bin/python tests/perf/sms_out.py [--backend sqlite|postgresql|both] [--messages 20000] [--idempotency]
 
 Creates a fresh database, starts `gateway run` (window 50, no tps limit) against tests/smsc.py
 running in this process, creates one tenant and N contacts, then POSTs N single-part messages to
@@ -45,7 +45,13 @@ from smsc import SmscSimulator  # noqa: E402
 
 
 async def run(
-    backend: str, n: int, concurrency: int, window: int, receipts: bool, profile: str | None = None
+    backend: str,
+    n: int,
+    concurrency: int,
+    window: int,
+    receipts: bool,
+    profile: str | None = None,
+    idempotency: bool = False,
 ) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="gw-bench-"))
     url, schema = await fresh_database(backend, workdir)
@@ -111,7 +117,12 @@ tps = 0
             async def send(i: int) -> None:
                 async with http.post(
                     f"{base}/v1/messages",
-                    json={"contact_id": f"c{i}", "channels": ["sms"], "text": f"bench {i}"},
+                    json={
+                        "contact_id": f"c{i}",
+                        "channels": ["sms"],
+                        "text": f"bench {i}",
+                        **({"idempotency_key": f"bench-{i}"} if idempotency else {}),
+                    },
                     headers=auth,
                 ) as r:
                     assert r.status == 202, await r.text()
@@ -142,6 +153,7 @@ tps = 0
             "messages": n,
             "window": window,
             "receipts": receipts,
+            "idempotency_keys": idempotency,
             "api_accepts_per_s": round(n / (t_accepted - t0)),
             "smsc_submit_sm_per_s": round(n / (max(arrive) - min(arrive))) if n > 1 else None,
             "end_to_end_msgs_per_s": round(n / (t_done - t0)),
@@ -168,12 +180,23 @@ def main() -> None:
     p.add_argument("--window", type=int, default=50)
     p.add_argument("--receipts", action="store_true", help="the SMSC also sends delivery receipts")
     p.add_argument("--profile", help="py-spy the daemon during the send phase into this file (raw stacks)")
+    p.add_argument("--idempotency", action="store_true", help="every request carries an idempotency_key")
     args = p.parse_args()
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
     for b in backends:
         print(
             json.dumps(
-                asyncio.run(run(b, args.messages, args.concurrency, args.window, args.receipts, args.profile))
+                asyncio.run(
+                    run(
+                        b,
+                        args.messages,
+                        args.concurrency,
+                        args.window,
+                        args.receipts,
+                        args.profile,
+                        args.idempotency,
+                    )
+                )
             ),
             flush=True,
         )
