@@ -350,16 +350,20 @@ class SmppSession:
         withdraws the part unless it is in flight."""
         timeout = max(0.0, timeout)
         item.deadline = time.monotonic() + timeout
+        # At the deadline a part still queued is given up (one timer: this runs once per part).
+        timer = asyncio.get_running_loop().call_later(timeout, self._give_up_queued, item)
         try:
-            await asyncio.wait({item.future}, timeout=timeout)
-            if item.state == "queued":
-                self._resolve(item, "retry", reason=QUEUE_TIMEOUT)
             return await asyncio.shield(item.future)
         except asyncio.CancelledError:
             item.deadline = -math.inf  # nobody waits for it: never (re)send it
-            if item.state == "queued":
-                self._resolve(item, "retry", reason=QUEUE_TIMEOUT)
+            self._give_up_queued(item)
             raise
+        finally:
+            timer.cancel()
+
+    def _give_up_queued(self, item: PendingSubmit) -> None:
+        if item.state == "queued":
+            self._resolve(item, "retry", reason=QUEUE_TIMEOUT)
 
     def _requeue(self, item: PendingSubmit) -> None:
         if item.timer is not None:
