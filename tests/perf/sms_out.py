@@ -1,6 +1,7 @@
 """Benchmark: outbound SMS through the HTTP API into the test SMSC, with the daemon in its own process.
 
-    .venv/bin/python tests/perf/sms_out.py [--backend sqlite|postgresql|both] [--messages 20000] [--idempotency]
+    .venv/bin/python tests/perf/sms_out.py [--backend sqlite|postgresql|both] [--messages 20000]
+        [--idempotency]
 
 Creates a fresh database, starts `gateway run` (window 50, no tps limit) against tests/smsc.py
 running in this process, creates one tenant and N contacts, then POSTs N single-part messages to
