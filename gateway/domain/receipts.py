@@ -280,6 +280,17 @@ _FORMATS: Final[dict[MessageIdType, tuple[str, str]]] = {  # type -> (resp forma
 _MAX_HEX_DIGITS: Final = 1000
 
 
+def _strip_blank(text: str) -> str:
+    """``text`` without leading and trailing NULs and whitespace in any mix (one pass: stripping
+    one kind and then the other could leave the first kind exposed, e.g. "0\\x00\\x1f")."""
+    start, end = 0, len(text)
+    while start < end and (text[start] == "\x00" or text[start].isspace()):
+        start += 1
+    while end > start and (text[end - 1] == "\x00" or text[end - 1].isspace()):
+        end -= 1
+    return text[start:end]
+
+
 def normalize_message_id(raw: str, id_type: MessageIdType | str, *, source: Literal["resp", "dlr"]) -> str:
     """The key that matches a submit_sm_resp id with the ids in its receipts.
 
@@ -295,7 +306,7 @@ def normalize_message_id(raw: str, id_type: MessageIdType | str, *, source: Lite
     if source not in ("resp", "dlr"):
         raise ValueError(f"source must be 'resp' or 'dlr', got {source!r}")
     fmt = resp_format if source == "resp" else dlr_format
-    key = raw.strip(_BLANKS).strip()
+    key = _strip_blank(raw)
     if fmt == "decimal" and _DECIMAL_RE.fullmatch(key):
         return key.lstrip("0") or "0"
     if fmt == "hex" and (m := _HEX_RE.fullmatch(key)) is not None:

@@ -371,3 +371,9 @@ def test_parse_receipt_finds_every_field(case: tuple[str, dict[str, str]]) -> No
     assert r.submit_date == values.get("submit date")
     assert r.done_date == values.get("done date")
     assert r.text == values.get("text")
+
+
+def test_as_is_strips_nuls_and_whitespace_in_any_mix() -> None:
+    # Found by the property above: one kind of strip after the other left "0\x00".
+    assert normalize_message_id("0\x00\x1f", "as_is", source="resp") == "0"
+    assert normalize_message_id("\x1f\x00 AbC\x00\u2003\x00", "as_is", source="dlr") == "abc"
