@@ -144,7 +144,7 @@ class OutboundService:
         if _batchable(req):
             # The common request (an SMS to a contact) joins the others waiting for the database:
             # one statement per table for all of them (ISSUE 3), same checks and outcome as alone.
-            item = _SmsItem(tenant_id, req, now, encoding, parts, request_hash)
+            item = _SmsItem(tenant_id, req, encoding, parts, request_hash)
             try:
                 status, body = await self.db.write_batched(self._accept_sms, item)
             except ChannelsRefusedError as exc:
@@ -275,6 +275,7 @@ class OutboundService:
         key of an earlier one in the batch gets that one's answer, as it would right after it.
         Outcomes are (status, body) as :meth:`send` returns them."""
         outcomes: list[Any] = [None] * len(items)
+        now = self.clock()  # the batch's time: its rows are committed together
         tenant_ids = sorted({i.tenant_id for i in items})
         profiles = {t: await tenants_repo.sending_profile(conn, t) for t in tenant_ids}
         found: dict[str, dict[str, tuple[Contact, int]]] = {}
@@ -316,7 +317,7 @@ class OutboundService:
         for n, target, pk, tenant in decided:
             item = items[n]
             customer = target.phone.e164
-            chosen = self._sender(tenant, item.req, customer, pool, holdings.get(customer, []), item.now)
+            chosen = self._sender(tenant, item.req, customer, pool, holdings.get(customer, []), now)
             if chosen is None:
                 outcomes[n] = _no_sender()  # counted by send(): a batch may be decided twice
                 continue
@@ -333,16 +334,16 @@ class OutboundService:
                 ]
                 holdings[customer] = [
                     *held,
-                    Holding(sender=chosen.sender, tenant_id=item.tenant_id, last_used_at=item.now),
+                    Holding(sender=chosen.sender, tenant_id=item.tenant_id, last_used_at=now),
                 ]
             accepted.append((n, target, pk, chosen))
         if accepted:
-            await self._write_accepted(conn, items, accepted, outcomes)
+            await self._write_accepted(conn, items, accepted, outcomes, now)
         for n, first in twins:
             # As if one after the other: the twin gets the first one's stored answer.
             if isinstance(outcomes[first], Exception):
                 raise _Undecided("a twin of a refused request")  # decided one by one instead
-            outcomes[n] = _replayed(_stored_answer(items[first], outcomes[first]), items[n].request_hash)
+            outcomes[n] = _replayed(_stored_answer(items[first], outcomes[first], now), items[n].request_hash)
         return outcomes
 
     async def _write_accepted(
@@ -351,16 +352,14 @@ class OutboundService:
         items: list[_SmsItem],
         accepted: list[tuple[int, SmsTarget, int, Allocation | str]],
         outcomes: list[Any],
+        now: datetime,
     ) -> None:
         # The threads: without a context, every contact's ongoing one in one go; with one, as alone.
         plain: dict[str, list[int]] = {}
         for n, _, pk, _ in accepted:
             if items[n].req.context is None:
                 plain.setdefault(items[n].tenant_id, []).append(pk)
-        first_now = {}
-        for n, _, _, _ in reversed(accepted):
-            first_now[items[n].tenant_id] = items[n].now
-        ongoing = {t: await repo.ongoing_threads(conn, t, pks, first_now[t]) for t, pks in plain.items()}
+        ongoing = {t: await repo.ongoing_threads(conn, t, pks, now) for t, pks in plain.items()}
         created: set[str] = set()
         touched: list[tuple[str, datetime]] = []
         uses: list[tuple[str, str, Allocation, int | None, str, datetime]] = []
@@ -372,16 +371,16 @@ class OutboundService:
                 thread_id, new = ongoing[item.tenant_id][pk]
             else:
                 thread_id, new = await repo.find_or_create_thread(
-                    conn, tenant_id=item.tenant_id, contact_pk=pk, context=item.req.context, now=item.now
+                    conn, tenant_id=item.tenant_id, contact_pk=pk, context=item.req.context, now=now
                 )
             if new and thread_id not in created:
                 created.add(thread_id)  # its first message; the next ones in the batch touch it
             else:
-                touched.append((thread_id, item.now))
+                touched.append((thread_id, now))
             customer = target.phone.e164
-            status = "scheduled" if item.req.send_at and item.req.send_at > item.now else "queued"
+            status = "scheduled" if item.req.send_at and item.req.send_at > now else "queued"
             if isinstance(chosen, Allocation):
-                uses.append((item.tenant_id, customer, chosen, pk, thread_id, item.now))
+                uses.append((item.tenant_id, customer, chosen, pk, thread_id, now))
                 sender = chosen.sender
             else:
                 sender = chosen
@@ -399,15 +398,14 @@ class OutboundService:
                     customer,
                     item.encoding,
                     item.parts,
-                    item.now,
+                    now,
                 )
             )
         await repo.touch_threads(conn, touched)
         await assignments.record_uses(conn, uses)
-        last_now = max(i.now for i in items)
         for tenant_id in sorted(charges):
             if not await tenants_repo.reserve_credits(
-                conn, tenant_id, charges[tenant_id], "sms_reserved", last_now
+                conn, tenant_id, charges[tenant_id], "sms_reserved", now
             ):
                 # Someone else spent them since we read the balance (another daemon). Raising undoes
                 # this unit: several requests are then decided one by one; a lone one is refused.
@@ -423,7 +421,7 @@ class OutboundService:
         for (n, _, _, _), r in zip(accepted, rows, strict=True):
             outcomes[n] = (202, {"messages": [r.body]})
             if items[n].req.idempotency_key:
-                answers.append(_stored_answer(items[n], outcomes[n]))
+                answers.append(_stored_answer(items[n], outcomes[n], now))
         # PostgreSQL: a twin committed by another daemon meanwhile makes this an IntegrityError:
         # each request then runs alone and finds the twin's answer.
         await repo.put_idempotent_rows(conn, answers)
@@ -860,13 +858,12 @@ class _SmsItem:
 
     tenant_id: str
     req: SendRequest
-    now: datetime
     encoding: sms_text.Encoding
     parts: int
     request_hash: str
 
 
-def _stored_answer(item: _SmsItem, outcome: tuple[int, dict[str, Any]]) -> dict[str, Any]:
+def _stored_answer(item: _SmsItem, outcome: tuple[int, dict[str, Any]], now: datetime) -> dict[str, Any]:
     """The idempotency_keys row for an accepted request's answer."""
     return {
         "tenant_id": item.tenant_id,
@@ -874,7 +871,7 @@ def _stored_answer(item: _SmsItem, outcome: tuple[int, dict[str, Any]]) -> dict[
         "request_hash": item.request_hash,
         "status_code": outcome[0],
         "response": outcome[1],
-        "created_at": item.now,
+        "created_at": now,
     }
 
 
