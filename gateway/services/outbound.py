@@ -139,8 +139,8 @@ class OutboundService:
             if req.to_phone
             else None
         )
-        encoding = sms_text.choose_encoding(req.text)
-        parts = sms_text.preview(req.text).parts
+        shape = sms_text.preview(req.text)
+        encoding, parts = shape.encoding, shape.parts
         if _batchable(req):
             # The common request (an SMS to a contact) joins the others waiting for the database:
             # one statement per table for all of them (ISSUE 3), same checks and outcome as alone.
