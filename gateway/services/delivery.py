@@ -24,7 +24,7 @@ from gateway.domain.receipts import Receipt, ReceiptError, ReceiptState, is_rece
 from gateway.services.inbound import InboundSmsService
 from gateway.storage import messages as repo
 from gateway.storage import tenants as tenants_repo
-from gateway.storage.db import lock_name, lock_names
+from gateway.storage.db import fetch, lock_name, lock_names
 from gateway.storage.tables import drops, parked_receipts, sms_parts
 
 log = logging.getLogger(__name__)
@@ -161,6 +161,14 @@ class SmsDelivery:
         await self.db.write(unit)
 
 
+_PARKED_FOR_KEYS = sa.select(
+    parked_receipts.c.id,
+    parked_receipts.c.connector,
+    parked_receipts.c.smsc_message_key,
+    parked_receipts.c.receipt,
+).where(parked_receipts.c.smsc_message_key.in_(sa.bindparam("keys", expanding=True)))
+
+
 async def apply_parked_for(conn: AsyncConnection, keys: list[tuple[str, str]], now: datetime) -> set[str]:
     """Apply the parked receipts for these (connector, key) pairs; the ids of the messages touched.
 
@@ -169,16 +177,8 @@ async def apply_parked_for(conn: AsyncConnection, keys: list[tuple[str, str]], n
     """
     await lock_names(conn, [f"receipt:{key}" for _, key in keys])
     wanted = set(keys)
-    rows = (
-        await conn.execute(
-            sa.select(
-                parked_receipts.c.id,
-                parked_receipts.c.connector,
-                parked_receipts.c.smsc_message_key,
-                parked_receipts.c.receipt,
-            ).where(parked_receipts.c.smsc_message_key.in_(sorted({k for _, k in keys})))
-        )
-    ).all()
+    found = await fetch(conn, _PARKED_FOR_KEYS, {"keys": sorted({k for _, k in keys})})
+    rows = [(r["id"], r["connector"], r["smsc_message_key"], r["receipt"]) for r in found]
     touched: set[str] = set()
     for row_id, connector, key, data in rows:
         if (connector, key) not in wanted:

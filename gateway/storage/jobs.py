@@ -42,7 +42,7 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway.storage.db import Database, insert
+from gateway.storage.db import Database, fetch, insert, run
 from gateway.storage.tables import UTCDateTime, jobs
 
 __all__ = [
@@ -279,18 +279,27 @@ def _fail_exhausted_statement() -> Any:
 
 
 _FAIL_EXHAUSTED = _fail_exhausted_statement()
+_COMPLETE = (
+    sa.update(_J)
+    .where(
+        _J.c.id.in_(sa.bindparam("b_ids", expanding=True)),
+        _J.c.locked_by == sa.bindparam("b_worker"),
+        _J.c.status == "running",
+    )
+    .values(status="done", lease_until=None, updated_at=sa.bindparam("b_now", type_=UTCDateTime()))
+)
 
 
-def _job(row: Any) -> Job:
+def _job(row: dict[str, Any]) -> Job:
     return Job(
-        id=row.id,
-        kind=row.kind,
-        payload=row.payload,
-        attempts=row.attempts,
-        max_attempts=row.max_attempts,
-        run_at=row.run_at,
-        message_id=row.message_id,
-        tenant_id=row.tenant_id,
+        id=row["id"],
+        kind=row["kind"],
+        payload=row["payload"],
+        attempts=row["attempts"],
+        max_attempts=row["max_attempts"],
+        run_at=row["run_at"],
+        message_id=row["message_id"],
+        tenant_id=row["tenant_id"],
     )
 
 
@@ -385,7 +394,7 @@ class JobQueue:
         params: dict[str, Any] = {"b_now": now, "b_lim": limit, "b_lease": lease_until, "b_worker": worker_id}
         if kinds is not None:
             params["b_kinds"] = kinds
-        rows = (await conn.execute(_CLAIM[(expired, kinds is not None)], params)).all()
+        rows = await fetch(conn, _CLAIM[(expired, kinds is not None)], params)
         found = [_job(r) for r in rows]
         found.sort(key=lambda j: (j.run_at, j.id))  # RETURNING order is unspecified
         return found
@@ -399,13 +408,7 @@ class JobQueue:
             return 0
 
         async def unit(conn: AsyncConnection) -> int:
-            now = self.clock()
-            result = await conn.execute(
-                sa.update(_J)
-                .where(*_owned(ids, worker_id))
-                .values(status="done", lease_until=None, updated_at=now)
-            )
-            return result.rowcount
+            return await run(conn, _COMPLETE, {"b_ids": ids, "b_worker": worker_id, "b_now": self.clock()})
 
         return await self.db.write(unit)
 
