@@ -158,3 +158,30 @@ async def test_two_daemons_with_the_same_idempotency_key(
     finally:
         await other_db.close()
     assert await credits(api, shop) == 5
+
+
+async def test_two_daemons_spending_the_same_credits_never_overdraw(
+    api: Any, api_context: ApiContext, db_target: DbTarget, clock: FakeClock
+) -> None:
+    """Batches of two daemons race for the last credits: every request is either accepted and
+    charged or refused with insufficient_credits (never an error), and the balance ends at zero."""
+    shop = await new_tenant(api, "Serwis", credits=25)
+    for i in range(40):
+        await put_contact(api, shop, f"c{i}", phones=[f"+485001{i:05d}"])
+    other_db = await Database.open(db_target.url, pg_schema=db_target.pg_schema)
+    try:
+        other = OutboundService(other_db, clock, SMS_SETTINGS)
+        daemons = [api_context.outbound, other]
+        outcomes = await asyncio.gather(
+            *(daemons[i % 2].send(shop["id"], _sms(f"c{i}"), "") for i in range(40)), return_exceptions=True
+        )
+    finally:
+        await other_db.close()
+    accepted = [o for o in outcomes if isinstance(o, tuple)]
+    refused = [o for o in outcomes if not isinstance(o, tuple)]
+    assert len(accepted) == 25 and all(o[0] == 202 for o in accepted)
+    assert all(
+        isinstance(o, ChannelsRefusedError) and o.refusals["sms"][0] == "insufficient_credits"
+        for o in refused
+    ), refused
+    assert await credits(api, shop) == 0
