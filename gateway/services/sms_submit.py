@@ -40,6 +40,17 @@ log = logging.getLogger(__name__)
 
 MAX_BATCH = 500
 
+# What submitting needs of a message (returned by the UPDATE that marks it, or read for a message
+# a retried job finds already "sending").
+_NEEDED = (
+    messages.c.id,
+    messages.c.tenant_id,
+    messages.c.thread_id,
+    messages.c.sender,
+    messages.c.recipient,
+    messages.c.text,
+    messages.c.sms_encoding,
+)
 _MARK_SENDING = (
     sa.update(messages)
     .where(
@@ -47,9 +58,9 @@ _MARK_SENDING = (
         messages.c.status.in_(("queued", "scheduled")),
     )
     .values(status="sending", updated_at=sa.bindparam("now"))
-    .returning(messages.c.id, messages.c.tenant_id, messages.c.thread_id)
+    .returning(*_NEEDED)
 )
-_SENDING = sa.select(messages).where(
+_SENDING = sa.select(*_NEEDED).where(
     messages.c.id.in_(sa.bindparam("ids", expanding=True)), messages.c.status == "sending"
 )
 _PARTS = (
@@ -160,13 +171,19 @@ class SmsSubmitter:
         async def begin(
             conn: AsyncConnection,
         ) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
-            changed = await fetch(conn, _MARK_SENDING, {"ids": ids, "now": now})
-            if changed:
+            rows = await fetch(conn, _MARK_SENDING, {"ids": ids, "now": now})
+            if rows:
                 await add_event_rows(
                     conn,
-                    [_event(c["tenant_id"], c["id"], c["thread_id"], "sending", now) for c in changed],
+                    [_event(c["tenant_id"], c["id"], c["thread_id"], "sending", now) for c in rows],
                 )
-            rows = await fetch(conn, _SENDING, {"ids": ids})
+            if len(rows) < len(ids):
+                # Messages a retried job finds "sending" already (their earlier attempt marked them).
+                marked = {r["id"] for r in rows}
+                rest = [m for m in ids if m not in marked]
+                rows += await fetch(conn, _SENDING, {"ids": rest})
+            position = {m: i for i, m in enumerate(ids)}
+            rows.sort(key=lambda r: position[r["id"]])  # the claim's order (RETURNING has none)
             parts: dict[str, list[dict[str, Any]]] = defaultdict(list)
             if rows:
                 for r in await fetch(conn, _PARTS, {"ids": [m["id"] for m in rows]}):
