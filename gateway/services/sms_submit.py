@@ -115,11 +115,9 @@ class SmsSubmitter:
             self._scheduled = True
             # Let the other handlers of the claimed batch join before the batch starts.
             loop.call_soon(self._flush)
-        try:
-            await asyncio.shield(item.future)
-        except asyncio.CancelledError:
-            # Shutdown: the batch goes on and records what it did; the job's lease lapses anyway.
-            raise
+        # Cancelled (shutdown): the future is cancelled with us and the batch, which skips settled
+        # futures, goes on and records what it did; the job's lease lapses anyway.
+        await item.future
 
     async def drain(self, timeout: float) -> None:
         """At shutdown, after the job runner stopped: let running batches record what they sent."""
