@@ -502,11 +502,11 @@ class _Smtp(SMTP):
                 address, rest = get_angle_addr(arg)
             else:
                 address, rest = get_addr_spec(arg)
+            addr: str = address.addr_spec  # raises too for some ("<0@[>": a defect, no value)
         except (HeaderParseError, IndexError, AttributeError, ValueError):
             # The email package's parser raises more than HeaderParseError on some hostile input
             # (found by the property test): a syntax error to the client, not a 451.
             return None, None
-        addr: str = address.addr_spec
         if self.local_part_limit and len(addr.rpartition("@")[0]) > self.local_part_limit:
             return None, None
         return addr, rest

@@ -47,6 +47,7 @@ def test_plain_addresses_parse_the_same(local: list[str], domain: list[str], res
 @example("a(comment)@x", "")
 @example("a@x", " (comment) SIZE=1")
 @example("a@x", "\t SIZE=1")
+@example("0@[", "")  # the parser returns an address whose addr_spec raises AttributeError
 def test_anything_the_fast_path_takes_parses_the_same(inside: str, rest: str) -> None:
     arg = f"<{inside}>{rest}"
     answer = ours(arg)  # never raises: hostile input is a syntax error (None, None)
