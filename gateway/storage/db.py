@@ -475,6 +475,10 @@ class _Pending:
     item: Any = None
 
 
+class _UnitRaised(Exception):
+    """A batched unit raised inside its transaction (the error is its ``__cause__``)."""
+
+
 def _together(fn: BatchUnit, items: list[Any]) -> Unit[list[Any]]:
     async def unit(conn: AsyncConnection) -> list[Any]:
         outcomes = await fn(conn, items)
@@ -563,7 +567,8 @@ class Database:
         items given to ``fn`` meanwhile (one statement per table for all of them instead of one
         per request: the SMS accept path). Committed before it returns, like :meth:`write`; the
         item's own error is raised here. If ``fn`` fails for a whole batch, its items are run
-        again one by one, so that one bad item cannot fail the others."""
+        again one by one, so that one bad item cannot fail the others. A failed COMMIT is not
+        run again (it may have been applied): its callers get the error."""
         if self._closing:
             raise RuntimeError("database is closing")
         loop = asyncio.get_running_loop()
@@ -608,12 +613,18 @@ class Database:
         try:
             async with self.engine.begin() as conn:
                 try:
-                    outcomes = await fn(conn, [p.item for p in live])
+                    outcomes = await _together(fn, [p.item for p in live])(conn)
+                except Exception as exc:
+                    raise _UnitRaised from exc  # rolled back: nothing of it was written
                 finally:
                     topics = _take_topics(conn.sync_connection)
-        except Exception:
-            if len(live) > 1:
-                log.info("a batched write failed; running its items one by one", exc_info=True)
+        except _UnitRaised as failed:
+            error = failed.__cause__
+            assert isinstance(error, Exception)
+            if len(live) == 1:
+                _settle(live[0], False, error)  # alone already: that is its outcome
+                return
+            log.info("a batched write failed; running its items one by one", exc_info=error)
             for p in live:
                 try:
                     result = await self.write(_alone(fn, p.item))
@@ -623,9 +634,14 @@ class Database:
                     _settle(p, True, result)
             return
         except BaseException as exc:
+            # BEGIN or COMMIT failed (or we were cancelled): a COMMIT that failed may still have
+            # been applied, so the items are not run again here; their callers see the error (an
+            # idempotency_key makes their retry safe).
             for p in live:
                 _settle(p, False, exc)
-            raise
+            if not isinstance(exc, Exception):
+                raise
+            return
         self._announce(topics)
         for p, outcome in zip(live, outcomes, strict=True):
             _settle(p, not isinstance(outcome, Exception), outcome)
@@ -717,8 +733,10 @@ class Database:
                         (p, not isinstance(o, Exception), o) for p, o in zip(members, value, strict=True)
                     )
                     continue
-                if len(members) > 1:
-                    log.info("a batched write failed; running its items one by one", exc_info=value)
+                if len(members) == 1:
+                    outcomes.append((members[0], False, value))  # alone already: its outcome
+                    continue
+                log.info("a batched write failed; running its items one by one", exc_info=value)
                 for p in members:
                     ok, value, unit_topics = await self._run_unit(raw, facade, sync_conn, _alone(fn, p.item))
                     topics |= unit_topics
