@@ -86,8 +86,9 @@ class BounceService:
         report = mail.report
         message = await repo.get_message(conn, message_id)
         if message is None or message["direction"] != "outbound" or message["channel"] != "email":
-            await drops_repo.insert_drop(
+            await drops_repo.record_drop(
                 conn,
+                announce=False,
                 channel="email",
                 tenant_id=None,
                 reason="unknown_message",
@@ -125,8 +126,9 @@ class BounceService:
             if report.kind in ("delayed", "other_dsn")
             else report.detail
         )
-        await drops_repo.insert_drop(
+        await drops_repo.record_drop(
             conn,
+            announce=False,
             channel="email",
             tenant_id=message["tenant_id"],
             reason=drop_reason,

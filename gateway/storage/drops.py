@@ -7,7 +7,6 @@ belongs to nobody and is listed to the admin token (SPEC 2.3).
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -16,39 +15,9 @@ from gateway.storage.db import fetch_one
 from gateway.storage.messages import add_event
 from gateway.storage.tables import drops
 
-__all__ = ["dropped_with_key", "insert_drop", "record_drop"]
+__all__ = ["dropped_with_key", "record_drop"]
 
 _INSERT_DROP = sa.insert(drops).returning(drops.c.id)
-
-
-async def insert_drop(
-    conn: AsyncConnection,
-    *,
-    channel: str,
-    tenant_id: str | None,
-    reason: str,
-    sender: str,
-    recipient: str,
-    size_bytes: int,
-    detail: str,
-    now: datetime,
-    email_message_id: str | None = None,
-    subject: str | None = None,
-) -> int:
-    """Write one drop record; its id. Values are cut to their columns' sizes (a hostile sender
-    chooses them), never refused."""
-    row = await fetch_one(
-        conn,
-        _INSERT_DROP,
-        {
-            **_values(
-                channel, tenant_id, reason, sender, recipient, size_bytes, detail, email_message_id, subject
-            ),
-            "created_at": now,
-        },
-    )
-    assert row is not None  # RETURNING the id of the row just inserted
-    return int(row["id"])
 
 
 async def record_drop(
@@ -67,11 +36,21 @@ async def record_drop(
     subject: str | None = None,
     inbound_key: str | None = None,
 ) -> int:
-    """:func:`insert_drop`, and when ``announce`` (and the drop is a tenant's) a ``message.dropped``
-    event carrying the record as GET /v1/drops lists it, in the same transaction."""
-    values = _values(
-        channel, tenant_id, reason, sender, recipient, size_bytes, detail, email_message_id, subject
-    )
+    """Write one drop record; its id. Values are cut to their columns' sizes (a hostile sender
+    chooses them), never refused. When ``announce`` (and the drop is a tenant's), also a
+    ``message.dropped`` event carrying the record as GET /v1/drops lists it, in the same
+    transaction."""
+    values = {
+        "tenant_id": tenant_id,
+        "channel": channel,
+        "reason": reason,
+        "sender": sender[:320],
+        "recipient": recipient[:320],
+        "size_bytes": size_bytes,
+        "detail": detail,
+        "email_message_id": email_message_id[:998] if email_message_id else None,
+        "subject": subject[:998] if subject else None,
+    }
     row = await fetch_one(conn, _INSERT_DROP, {**values, "inbound_key": inbound_key, "created_at": now})
     assert row is not None
     drop_id = int(row["id"])
@@ -94,27 +73,3 @@ async def dropped_with_key(conn: AsyncConnection, tenant_id: str, key: str) -> t
     """(reason, detail) of the drop already recorded for this inbound-email key, if any."""
     row = await fetch_one(conn, _DROPPED, {"t_id": tenant_id, "key": key})
     return (str(row["reason"]), str(row["detail"] or "")) if row else None
-
-
-def _values(
-    channel: str,
-    tenant_id: str | None,
-    reason: str,
-    sender: str,
-    recipient: str,
-    size_bytes: int,
-    detail: str,
-    email_message_id: str | None,
-    subject: str | None,
-) -> dict[str, Any]:
-    return {
-        "tenant_id": tenant_id,
-        "channel": channel,
-        "reason": reason,
-        "sender": sender[:320],
-        "recipient": recipient[:320],
-        "size_bytes": size_bytes,
-        "detail": detail,
-        "email_message_id": email_message_id[:998] if email_message_id else None,
-        "subject": subject[:998] if subject else None,
-    }

@@ -308,8 +308,9 @@ async def test_tenants_never_see_each_other(api: Any, api_context: ApiContext, c
     for tenant_id in (a["id"], None):
         drop_ids.append(
             await api_context.db.write(
-                lambda conn, t=tenant_id: drops_repo.insert_drop(
+                lambda conn, t=tenant_id: drops_repo.record_drop(
                     conn,
+                    announce=False,
                     channel="sms",
                     tenant_id=t,
                     reason="reply_too_old" if t else "unsolicited",
