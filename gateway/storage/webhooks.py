@@ -148,6 +148,17 @@ async def _update_leased(conn: AsyncConnection, tenant_id: str, owner: str, **va
     return bool(result.rowcount)
 
 
+def _moved_past(position: Position, now: datetime) -> dict[str, Any]:
+    """The cursor after an event (delivered or given up): the next one starts with no attempts."""
+    return {
+        "last_xid": position[0],
+        "last_event_id": position[1],
+        "attempts": 0,
+        "next_attempt_at": None,
+        "updated_at": now,
+    }
+
+
 async def delivered(
     conn: AsyncConnection, tenant_id: str, owner: str, position: Position, now: datetime
 ) -> bool:
@@ -156,14 +167,10 @@ async def delivered(
         conn,
         tenant_id,
         owner,
-        last_xid=position[0],
-        last_event_id=position[1],
-        attempts=0,
-        next_attempt_at=None,
+        **_moved_past(position, now),
         failing_since=None,
         last_error=None,
         last_delivered_at=now,
-        updated_at=now,
     )
 
 
@@ -211,14 +218,10 @@ async def give_up(
         conn,
         tenant_id,
         owner,
-        last_xid=position[0],
-        last_event_id=position[1],
-        attempts=0,
-        next_attempt_at=None,
+        **_moved_past(position, now),
         # Still failing (the endpoint is down): kept until an event gets through.
         failing_since=first_failed_at,
         last_error=error[:500],
-        updated_at=now,
     )
     if not moved:
         return False
