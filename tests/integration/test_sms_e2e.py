@@ -65,14 +65,14 @@ class Gateway(ApiClient):
 
 @contextlib.asynccontextmanager
 async def gateway(
-    target: DbTarget, tmp_path: Path, sim: SmscSimulator, **smpp: Any
+    target: DbTarget, tmp_path: Path, sim: SmscSimulator, queue: dict[str, Any] | None = None, **smpp: Any
 ) -> AsyncIterator[Gateway]:
     path = daemon_config(
         target,
         tmp_path,
         token=TOKEN,
         smsc_port=sim.port,
-        queue={"lease_seconds": 10, "retry_base_seconds": 0.2, "retry_max_seconds": 1},
+        queue={"lease_seconds": 10, "retry_base_seconds": 0.2, "retry_max_seconds": 1, **(queue or {})},
         connector={"window": 10, "enquire_link_seconds": 1, "response_timeout_seconds": 1, **smpp},
     )
     runtime = Runtime(config=load(path, {}), config_path=str(path), environ={})
@@ -225,27 +225,17 @@ async def test_a_message_whose_first_attempt_found_no_route_goes_later_once(
 ) -> None:
     """The first attempt marks the message "sending" and finds no bound connector; the retried job
     finds it "sending" already and sends it once the bind is back."""
-    path = daemon_config(
-        db_target,
-        tmp_path,
-        token=TOKEN,
-        smsc_port=sim.port,
-        queue={"lease_seconds": 2, "retry_base_seconds": 0.2, "retry_max_seconds": 0.5},
-        connector={"window": 10, "enquire_link_seconds": 1, "response_timeout_seconds": 1},
-    )
-    runtime = Runtime(config=load(path, {}), config_path=str(path), environ={})
-    async with running(runtime):
-        await sim.wait_bound(1, timeout=10)
-        async with aiohttp.ClientSession() as http:
-            gw = Gateway(runtime, http)
-            auth = await gw.tenant("Later")
-            await gw.contact(auth, "c", "+48500100200")
-            sim.bind_fail_next = 10**6
-            await sim.drop_connections()
-            m = await gw.send(auth, contact_id="c", text="po awarii")
-            await gw.wait_status(auth, m["id"], {"sending"}, timeout=10)
-            await asyncio.sleep(1.5)  # the attempt's wait for a route (1 s) ran out: retried later
-            assert not sim.submits
-            sim.bind_fail_next = 0
-            await gw.wait_status(auth, m["id"], {"sent", "delivered"}, timeout=30)
+    # A short lease: the attempt waits lease / 2 = 1 s for a route, then the job is retried.
+    queue = {"lease_seconds": 2, "retry_max_seconds": 0.5}
+    async with gateway(db_target, tmp_path, sim, queue=queue) as gw:
+        auth = await gw.tenant("Later")
+        await gw.contact(auth, "c", "+48500100200")
+        sim.bind_fail_next = 10**6
+        await sim.drop_connections()
+        m = await gw.send(auth, contact_id="c", text="po awarii")
+        await gw.wait_status(auth, m["id"], {"sending"}, timeout=10)
+        await asyncio.sleep(1.5)  # the attempt's wait for a route (1 s) ran out: retried later
+        assert not sim.submits
+        sim.bind_fail_next = 0
+        await gw.wait_status(auth, m["id"], {"sent", "delivered"}, timeout=30)
     assert [s.text for s in sim.submits] == ["po awarii"]
