@@ -277,14 +277,15 @@ class OutboundService:
         outcomes: list[Any] = [None] * len(items)
         now = self.clock()  # the batch's time: its rows are committed together
         tenant_ids = sorted({i.tenant_id for i in items})
-        profiles = {t: await tenants_repo.sending_profile(conn, t) for t in tenant_ids}
+        profiles: dict[str, dict[str, Any] | None] = {}
         found: dict[str, dict[str, tuple[Contact, int]]] = {}
-        for t in tenant_ids:
-            wanted = [i.req.contact_id or "" for i in items if i.tenant_id == t]
-            found[t] = await contacts_repo.load_many_for_sms(conn, t, wanted) if profiles[t] else {}
         stored: dict[str, dict[str, dict[str, Any]]] = {}
         for t in tenant_ids:
-            keys = [i.req.idempotency_key for i in items if i.tenant_id == t and i.req.idempotency_key]
+            mine = [i.req for i in items if i.tenant_id == t]
+            profiles[t] = await tenants_repo.sending_profile(conn, t)
+            wanted = [r.contact_id or "" for r in mine]
+            found[t] = await contacts_repo.load_many_for_sms(conn, t, wanted) if profiles[t] else {}
+            keys = [r.idempotency_key for r in mine if r.idempotency_key]
             stored[t] = await repo.get_idempotent_many(conn, t, keys)
         claimed: dict[tuple[str, str], int] = {}  # (tenant, idempotency key) -> the item that has it
         twins: list[tuple[int, int]] = []  # (item, earlier item of this batch with the same key)
@@ -342,7 +343,7 @@ class OutboundService:
         for n, first in twins:
             # As if one after the other: the twin gets the first one's stored answer.
             if isinstance(outcomes[first], Exception):
-                raise _Undecided("a twin of a refused request")  # decided one by one instead
+                raise _DecideAlone("a twin of a refused request")
             outcomes[n] = _replayed(_stored_answer(items[first], outcomes[first], now), items[n].request_hash)
         return outcomes
 
@@ -361,7 +362,7 @@ class OutboundService:
                 plain.setdefault(items[n].tenant_id, []).append(pk)
         ongoing = {t: await repo.ongoing_threads(conn, t, pks, now) for t, pks in plain.items()}
         created: set[str] = set()
-        touched: list[tuple[str, datetime]] = []
+        touched: set[str] = set()  # existing threads this batch writes to
         uses: list[tuple[str, str, Allocation, int | None, str, datetime]] = []
         charges: dict[str, list[tuple[int, str]]] = {}
         rows: list[_SmsRows] = []
@@ -376,7 +377,7 @@ class OutboundService:
             if new and thread_id not in created:
                 created.add(thread_id)  # its first message; the next ones in the batch touch it
             else:
-                touched.append((thread_id, now))
+                touched.add(thread_id)
             customer = target.phone.e164
             status = "scheduled" if item.req.send_at and item.req.send_at > now else "queued"
             if isinstance(chosen, Allocation):
@@ -401,7 +402,7 @@ class OutboundService:
                     now,
                 )
             )
-        await repo.touch_threads(conn, touched)
+        await repo.touch_threads(conn, [(thread_id, now) for thread_id in sorted(touched)])
         await assignments.record_uses(conn, uses)
         for tenant_id in sorted(charges):
             if not await tenants_repo.reserve_credits(
@@ -412,7 +413,7 @@ class OutboundService:
                 if len(items) == 1:
                     now_held = await tenants_repo.sending_profile(conn, tenant_id)
                     raise _insufficient(items[0].parts, now_held["sms_credits"] if now_held else 0)
-                raise _CreditsRaced(tenant_id)
+                raise _DecideAlone(f"credits of {tenant_id} spent meanwhile")
         await repo.insert_message(conn, [r.message for r in rows])
         await insert(conn, sms_parts, [p for r in rows for p in r.parts])
         await jobs.enqueue_rows(conn, [r.job for r in rows])
@@ -882,12 +883,10 @@ def _replayed(stored: dict[str, Any], request_hash: str) -> tuple[int, dict[str,
         return exc
 
 
-class _Undecided(Exception):
-    """A batch that cannot decide a request as if alone: its requests are decided one by one."""
-
-
-class _CreditsRaced(Exception):
-    """A batch's credits were taken by a concurrent writer between our read and our update."""
+class _DecideAlone(Exception):
+    """A batch that cannot decide its requests as if one after another (a twin of a refused
+    request; credits spent by another daemon since we read them): raised, it undoes the unit and
+    Database.write_batched decides the requests one by one."""
 
 
 def _batchable(req: SendRequest) -> bool:
