@@ -35,6 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from gateway.domain.email_ids import make_verp
 from gateway.domain.ports import EmailTransport, OutgoingEmail, RelayResult
 from gateway.services.delivery import RetryLaterError
+from gateway.services.shutdown import finish_or_cancel
 from gateway.storage import email as email_repo
 from gateway.storage.db import Database
 from gateway.storage.jobs import Job
@@ -287,14 +288,7 @@ class EmailSender:
     async def drain(self, timeout: float) -> None:
         """At shutdown, after the job runner stopped and before the database closes: let the
         outcomes of mail the relay already took be recorded, or a restart would send it again."""
-        if not self._tasks:
-            return
-        _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
-        if pending:
-            log.warning("email outcomes still being recorded at the shutdown deadline")
-            for task in pending:
-                task.cancel()
-            await asyncio.wait(pending)
+        await finish_or_cancel(self._tasks, timeout, "email outcome writers")
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.create_task(coro, name=name)

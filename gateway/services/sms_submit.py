@@ -31,6 +31,7 @@ from gateway.domain.ports import SmsTransport, SubmitPart, SubmitResult
 from gateway.domain.sms_text import Encoding
 from gateway.domain.udh import concat_parts
 from gateway.services.delivery import IdKey, RetryLaterError, apply_parked_for, settle
+from gateway.services.shutdown import finish_or_cancel
 from gateway.storage.db import Database, fetch, run, run_many
 from gateway.storage.jobs import Job
 from gateway.storage.messages import add_event_rows
@@ -123,16 +124,7 @@ class SmsSubmitter:
         """At shutdown, after the job runner stopped: let running batches record what they sent."""
         if self._pending:
             self._flush()
-        if not self._tasks:
-            return
-        _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
-        if pending:
-            log.warning(
-                "sms submit batches still running at the shutdown deadline", extra={"batches": len(pending)}
-            )
-            for task in pending:
-                task.cancel()
-            await asyncio.wait(pending)
+        await finish_or_cancel(self._tasks, timeout, "sms submit batches")
 
     def _flush(self) -> None:
         self._scheduled = False
