@@ -215,7 +215,17 @@ def _dkim_keygen(cfg: Config, args: argparse.Namespace) -> int:
 
 async def _run(cfg: Config, path: str | None) -> int:
     from gateway.runtime import Runtime
+    from gateway.runtime.gc_tuning import tune_after_start
 
     runtime = Runtime(config=cfg, config_path=path, environ=dict(os.environ))
-    await runtime.run()
+
+    async def tune_when_started() -> None:
+        await runtime.started.wait()
+        tune_after_start()
+
+    tuning = asyncio.create_task(tune_when_started())
+    try:
+        await runtime.run()
+    finally:
+        tuning.cancel()
     return 0
