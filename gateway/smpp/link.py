@@ -60,6 +60,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: PDUs joined into one socket write at most (a window's worth, typically).
+WRITE_BATCH = 64
+
 
 def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
     """Equal jitter: ``c = min(cap, base * 2**attempt)``, a delay uniform in ``[c/2, c]``."""
@@ -263,21 +266,29 @@ class Link:
                 future.set_exception(ConnectionClosedError(self.s.name, reason))
 
     async def _write_loop(self, writer: asyncio.StreamWriter) -> None:
+        """Write what is queued, answers first, in one ``write`` per turn (one send(2) for a window's
+        worth of submit_sm instead of one per PDU); then wait for the socket to drain."""
         try:
             while True:
-                item = None
-                if self._prio:
-                    raw = self._prio.popleft()
-                elif self.closing:
+                chunks: list[bytes] = []
+                while self._prio:
+                    chunks.append(self._prio.popleft())
+                if self.closing:
+                    if chunks:
+                        writer.write(b"".join(chunks))
                     return  # the SMSC unbound us and its unbind_resp is out
-                elif self._out:
+                sent: list[PendingSubmit] = []
+                while self._out and len(chunks) < WRITE_BATCH:
                     raw, item = self._out.popleft()
-                else:
+                    chunks.append(raw)
+                    if item is not None:
+                        sent.append(item)
+                if not chunks:
                     self._wake.clear()
                     await self._wake.wait()
                     continue
-                writer.write(raw)
-                if item is not None:
+                writer.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+                for item in sent:
                     item.sent = True
                 await writer.drain()
         finally:
