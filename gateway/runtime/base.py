@@ -15,13 +15,15 @@ from typing import Any, Protocol
 
 from gateway.config import Config
 from gateway.http.context import ApiContext
+from gateway.services.jobrunner import BatchHandler
 
 #: One logger for the whole package, named as it was when the runtime was one module: operators
 #: filter the JSON lines' ``logger`` field, and splitting the file must not change what they see.
 log = logging.getLogger("gateway.runtime")
 
-#: A job handler (``JobRunner.register``): called with the job; raising retries it.
-JobHandler = Callable[..., Awaitable[None]]
+#: A job handler (``JobRunner.register``): called with the job, raising retries it; or a
+#: ``BatchHandler`` for all the jobs of its kind that one claim brought.
+JobHandler = Callable[..., Awaitable[None]] | BatchHandler
 #: A background loop: runs until the event is set (``Runtime._background``).
 BackgroundRun = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
 

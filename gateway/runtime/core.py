@@ -9,7 +9,7 @@ import dataclasses
 import os
 import signal
 import socket
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -25,7 +25,7 @@ from gateway.domain.webhooks import Resolver
 from gateway.http.context import ApiContext
 from gateway.imap.poller import ImapPoller
 from gateway.logs import setup_logging
-from gateway.runtime.base import BackgroundRun, StartupError, Wiring, log, utc_now
+from gateway.runtime.base import BackgroundRun, JobHandler, StartupError, Wiring, log, utc_now
 from gateway.runtime.email import email_settings, start_email
 from gateway.runtime.http import start_http
 from gateway.runtime.imap import start_imap
@@ -84,7 +84,7 @@ class Runtime:
     http_port: int | None = None
     db: Database | None = None
     api_context: ApiContext | None = None
-    job_handlers: dict[str, Callable[..., Awaitable[None]]] = field(default_factory=dict)
+    job_handlers: dict[str, JobHandler] = field(default_factory=dict)
     smpp_pool: ConnectorPool | None = None
     #: DNS for webhook URLs (tests inject one); None: getaddrinfo.
     resolver: Resolver | None = None

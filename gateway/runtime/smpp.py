@@ -17,9 +17,10 @@ from prometheus_client import Gauge
 from gateway.config import SmppConnectorConfig
 from gateway.domain.receipts import MessageIdType, normalize_message_id
 from gateway.http.context import ApiContext
-from gateway.runtime.base import JobHandler, StartupError, Wiring, log
+from gateway.runtime.base import StartupError, Wiring, log
 from gateway.services.delivery import SmsDelivery
 from gateway.services.inbound import InboundSettings, InboundSmsService
+from gateway.services.jobrunner import BatchHandler
 from gateway.services.sms_submit import SmsSubmitter
 from gateway.smpp.listener import SmppListener
 from gateway.smpp.pool import ConnectorPool
@@ -35,7 +36,7 @@ class SmppStarted:
     """What the runtime keeps: the pool, the ``sms.submit`` handler, the listeners (maybe none)."""
 
     pool: ConnectorPool
-    submit: JobHandler
+    submit: BatchHandler
     listeners: list[SmppListener] = field(default_factory=list)
 
 
@@ -89,7 +90,7 @@ async def start_smpp(w: Wiring) -> SmppStarted | None:
         resubmit_unknown=cfg.sms.resubmit_unknown,
         id_key=id_key,
     )
-    started = SmppStarted(pool=pool, submit=submitter.handle)
+    started = SmppStarted(pool=pool, submit=BatchHandler(submitter.handle_batch))
     # Sessions stop sending at shutdown, wait briefly for responses, unbind.
     task = w.background("smpp-pool", pool.run)
     # Registered after the pool, so it runs before the pool stops: a batch whose parts are out

@@ -5,7 +5,8 @@ One :class:`JobRunner` per process (or per group of kinds). Its loop:
 - claims a batch (only kinds it has handlers for) when it has room: at most
   ``max(batch_size, concurrency)`` jobs are held at once, and it claims again once at least half a
   batch of room is free, so claims stay batched while handlers keep running;
-- runs the handlers concurrently, at most ``concurrency`` at a time;
+- runs the handlers concurrently, at most ``concurrency`` at a time; a :class:`BatchHandler` gets all
+  the jobs of its kind from one claim in one call instead (no task per job);
 - settles finished jobs in batches: successes with one :meth:`JobQueue.complete`, failures with one
   :meth:`JobQueue.retry_or_fail_many` (a handler raising :class:`PermanentJobError` is not retried;
   any other exception is, with the queue's backoff, until the job's attempts run out);
@@ -26,6 +27,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 
 from gateway.services.errors import PermanentJobError
 from gateway.storage.jobs import Job, JobQueue
@@ -33,6 +35,17 @@ from gateway.storage.jobs import Job, JobQueue
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Job], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class BatchHandler:
+    """A handler for the jobs of its kind that one claim brought, all in one call: ``run(jobs)``
+    returns one outcome per job, in order: None (done) or the exception the job failed with (retried
+    like a raising :data:`Handler`; :class:`PermanentJobError` fails it). Raising fails every job of
+    the call alike. Not bounded by the runner's ``concurrency``: the claim already is."""
+
+    run: Callable[[list[Job]], Awaitable[list[Exception | None]]]
+
 
 #: How long a cancelled runner still tries to record the successes it already has.
 SETTLE_ON_CANCEL_SECONDS = 2.0
@@ -49,7 +62,7 @@ class JobRunner:
     def __init__(
         self,
         queue: JobQueue,
-        handlers: Mapping[str, Handler],
+        handlers: Mapping[str, Handler | BatchHandler],
         *,
         worker_id: str,
         batch_size: int,
@@ -79,7 +92,7 @@ class JobRunner:
         self._succeeded: list[Job] = []
         self._errored: list[tuple[Job, str, bool]] = []
 
-    def register(self, kind: str, handler: Handler) -> None:
+    def register(self, kind: str, handler: Handler | BatchHandler) -> None:
         """Add a handler before :meth:`run` starts (components register theirs as they start)."""
         self.handlers[kind] = handler
         self._kinds = sorted(self.handlers)
@@ -158,35 +171,68 @@ class JobRunner:
             log.exception("job claim failed; retrying after poll_interval")
             return 0
         self.claimed += len(jobs)
+        together: dict[str, list[Job]] = {}
         for job in jobs:
-            task = asyncio.create_task(self._execute(job), name=f"job-{job.id}-{job.kind}")
+            handler = self.handlers[job.kind]
+            if isinstance(handler, BatchHandler):
+                together.setdefault(job.kind, []).append(job)
+                continue
+            task = asyncio.create_task(self._execute(handler, job), name=f"job-{job.id}-{job.kind}")
             self._inflight[job.id] = (job, task)
+        for kind, group in together.items():
+            handler = self.handlers[kind]
+            assert isinstance(handler, BatchHandler)
+            task = asyncio.create_task(self._execute_batch(handler, group), name=f"jobs-{kind}")
+            for job in group:
+                self._inflight[job.id] = (job, task)
         return len(jobs)
 
-    async def _execute(self, job: Job) -> None:
+    async def _execute(self, handler: Handler, job: Job) -> None:
         try:
             async with self._sem:
-                await self.handlers[job.kind](job)
+                await handler(job)
         except asyncio.CancelledError:
             # Not finished: leave it 'running'; after the lease expires another claim retries it.
             self._inflight.pop(job.id, None)
             raise
-        except PermanentJobError as exc:
-            self._errored.append((job, f"{type(exc).__name__}: {exc}", False))
         except Exception as exc:
+            self._outcome(job, exc)
+        else:
+            self._outcome(job, None)
+        self._signal.set()
+
+    async def _execute_batch(self, handler: BatchHandler, jobs: list[Job]) -> None:
+        try:
+            outcomes = await handler.run(jobs)
+            if len(outcomes) != len(jobs):
+                raise AssertionError(f"a batch handler gave {len(outcomes)} outcomes for {len(jobs)} jobs")
+        except asyncio.CancelledError:
+            for job in jobs:
+                self._inflight.pop(job.id, None)
+            raise
+        except Exception as exc:
+            outcomes = [exc] * len(jobs)
+        for job, outcome in zip(jobs, outcomes, strict=True):
+            self._outcome(job, outcome)
+        self._signal.set()
+
+    def _outcome(self, job: Job, error: Exception | None) -> None:
+        """File a finished job for :meth:`_settle`: done, or failed with ``error``."""
+        if error is None:
+            self._succeeded.append(job)
+        elif isinstance(error, PermanentJobError):
+            self._errored.append((job, f"{type(error).__name__}: {error}", False))
+        else:
             log.warning(
                 "job %s (%s) attempt %s/%s raised",
                 job.id,
                 job.kind,
                 job.attempts,
                 job.max_attempts,
-                exc_info=True,
+                exc_info=error,
                 extra={"job_id": job.id, "job_kind": job.kind},
             )
-            self._errored.append((job, f"{type(exc).__name__}: {exc}", True))
-        else:
-            self._succeeded.append(job)
-        self._signal.set()
+            self._errored.append((job, f"{type(error).__name__}: {error}", True))
 
     async def _settle(self) -> None:
         """Record finished jobs: successes in one call, failures in another."""
@@ -244,7 +290,7 @@ class JobRunner:
 
     async def _abandon(self) -> None:
         """Cancelled: stop the handlers (their jobs stay leased) and try briefly to record successes."""
-        tasks = [task for _job, task in self._inflight.values()]
+        tasks = list({task for _job, task in self._inflight.values()})  # a batch's jobs share one
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

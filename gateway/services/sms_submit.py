@@ -1,8 +1,8 @@
 """The ``sms.submit`` job, batched: the jobs the runner hands over together share two transactions.
 
-The job runner calls :meth:`SmsSubmitter.handle` once per job, concurrently for a claimed batch.
-Each call only joins the current batch; the batch then does its database work once for all of
-its messages (ISSUE 3: "batch database work per window rather than per message"):
+The job runner calls :meth:`SmsSubmitter.handle_batch` (a ``BatchHandler``) once with the jobs of
+a claim. The batch does its database work once for all of its messages (ISSUE 3: "batch database
+work per window rather than per message"):
 
 1. one transaction: mark the messages ``sending``, read them and their parts;
 2. submit every pending part through the transport (the SMPP window keeps them in flight together);
@@ -20,7 +20,6 @@ import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -79,12 +78,6 @@ _UPDATE_PART = sa.update(sms_parts).where(
 )
 
 
-@dataclass
-class _Item:
-    job: Job
-    future: asyncio.Future[None]
-
-
 class SmsSubmitter:
     def __init__(
         self,
@@ -102,59 +95,48 @@ class SmsSubmitter:
         self.submit_timeout = submit_timeout
         self.id_key = id_key
         self.resubmit_unknown = resubmit_unknown
-        self._pending: list[_Item] = []
-        self._scheduled = False
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[list[Exception | None]]] = set()
         self.batches = 0
 
-    async def handle(self, job: Job) -> None:
-        """The job handler: returns when the job's message is settled for now; raises to retry."""
-        loop = asyncio.get_running_loop()
-        item = _Item(job, loop.create_future())
-        self._pending.append(item)
-        if not self._scheduled:
-            self._scheduled = True
-            # Let the other handlers of the claimed batch join before the batch starts.
-            loop.call_soon(self._flush)
-        # Cancelled (shutdown): the future is cancelled with us and the batch, which skips settled
-        # futures, goes on and records what it did; the job's lease lapses anyway.
-        await item.future
+    async def handle_batch(self, jobs: list[Job]) -> list[Exception | None]:
+        """The job handler for the claimed ``sms.submit`` jobs: one outcome per job, once its
+        message is settled for now (:class:`RetryLaterError`: parts left for a later attempt)."""
+        if not jobs:
+            return []
+        chunks = [jobs[i : i + MAX_BATCH] for i in range(0, len(jobs), MAX_BATCH)]
+        tasks = [asyncio.create_task(self._process(chunk), name="sms-submit-batch") for chunk in chunks]
+        for task in tasks:
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        # Cancelled (shutdown): the batches go on and record what they did (drain waits for them);
+        # the jobs' leases lapse anyway.
+        if len(tasks) == 1:
+            return await asyncio.shield(tasks[0])
+        outcomes = await asyncio.shield(asyncio.gather(*tasks))
+        return [outcome for chunk in outcomes for outcome in chunk]
 
     async def drain(self, timeout: float) -> None:
         """At shutdown, after the job runner stopped: let running batches record what they sent."""
-        if self._pending:
-            self._flush()
         await finish_or_cancel(self._tasks, timeout, "sms submit batches")
 
-    def _flush(self) -> None:
-        self._scheduled = False
-        while self._pending:
-            batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
-            task = asyncio.create_task(self._process(batch), name="sms-submit-batch")
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _process(self, batch: list[_Item]) -> None:
+    async def _process(self, batch: list[Job]) -> list[Exception | None]:
         try:
             retry = await self._run(batch)
         except Exception as exc:
             log.exception("sms submit batch failed", extra={"jobs": len(batch)})
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(exc)
-            return
-        for item in batch:
-            if item.future.done():
-                continue
-            message_id = item.job.payload["message_id"]
+            return [exc] * len(batch)
+        outcomes: list[Exception | None] = []
+        for job in batch:
+            message_id = job.payload["message_id"]
             if message_id in retry:
-                item.future.set_exception(RetryLaterError(f"message {message_id}: parts left for later"))
+                outcomes.append(RetryLaterError(f"message {message_id}: parts left for later"))
             else:
-                item.future.set_result(None)
+                outcomes.append(None)
+        return outcomes
 
-    async def _run(self, batch: list[_Item]) -> set[str]:
+    async def _run(self, batch: list[Job]) -> set[str]:
         self.batches += 1
-        jobs = {item.job.payload["message_id"]: item.job for item in batch}
+        jobs = {job.payload["message_id"]: job for job in batch}
         ids = list(jobs)
         now = self.clock()
 

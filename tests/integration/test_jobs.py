@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.services.errors import PermanentJobError
-from gateway.services.jobrunner import JobRunner
+from gateway.services.jobrunner import BatchHandler, JobRunner
 from gateway.storage import jobs as jobs_module
 from gateway.storage.db import Database
 from gateway.storage.jobs import Job, JobQueue, RetryPolicy, cancel_for_message, enqueue
@@ -502,6 +502,114 @@ async def test_runner_cancelled_at_shutdown_leaves_jobs_for_another_worker(
     clock.advance(LEASE + 1)
     retaken = await q.claim("runner-2", 10)
     assert [(j.id, j.attempts) for j in retaken] == [(i, 2) for i in ids[2:]]
+
+
+async def test_batch_handler_gets_each_claim_in_one_call_and_files_outcomes_per_job(
+    db: Database, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.CRITICAL, logger="gateway.services.jobrunner")
+    q = make_queue(db, clock)
+    ids = await add(db, clock, 120, max_attempts=3)
+    (single,) = await add(db, clock, kind="single")
+    permanent = {i for i in ids if i % 7 == 0}
+    flaky = {i for i in ids if i % 11 == 0} - permanent  # fail their first attempt only
+    calls: list[list[int]] = []
+    singles: list[int] = []
+
+    async def run(jobs: list[Job]) -> list[Exception | None]:
+        calls.append([j.id for j in jobs])
+        await asyncio.sleep(0)
+        outcomes: list[Exception | None] = []
+        for job in jobs:
+            if job.id in permanent:
+                outcomes.append(PermanentJobError("recipient rejected"))
+            elif job.id in flaky and job.attempts == 1:
+                outcomes.append(ConnectionError("smsc went away"))
+            else:
+                outcomes.append(None)
+        return outcomes
+
+    async def handle_single(job: Job) -> None:
+        singles.append(job.id)
+
+    runner = make_runner(q, {"t": BatchHandler(run), "single": handle_single}, batch_size=50)
+    async with running(runner):
+        await eventually(lambda: _count_is(q, "queued", len(flaky)))
+        await eventually(lambda: _count_is(q, "running", 0))
+        clock.advance(3600)  # past every backoff
+        runner.wake()
+        await eventually(lambda: _count_is(q, "done", 121 - len(permanent)))
+    # One call per claim (at most batch_size jobs), every job in exactly one call per attempt.
+    assert all(len(c) <= 50 for c in calls) and len(calls) < len(ids)
+    handled = Counter(i for c in calls for i in c)
+    assert all(handled[i] == (2 if i in flaky else 1) for i in ids)
+    assert singles == [single]
+    assert (runner.completed, runner.failed, runner.retried) == (
+        121 - len(permanent),
+        len(permanent),
+        len(flaky),
+    )
+    row = await q.get(min(permanent))
+    assert row is not None and row["status"] == "failed"
+    assert row["last_error"] == "PermanentJobError: recipient rejected"
+
+
+async def test_a_batch_handler_that_raises_fails_its_jobs_alike_and_they_are_retried(
+    db: Database, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.CRITICAL, logger="gateway.services.jobrunner")
+    q = make_queue(db, clock)
+    ids = await add(db, clock, 10, max_attempts=3)
+    attempts: Counter[int] = Counter()
+
+    async def run(jobs: list[Job]) -> list[Exception | None]:
+        for job in jobs:
+            attempts[job.id] += 1
+        if jobs[0].attempts == 1:
+            raise OSError("database went away")
+        return [None] * len(jobs)
+
+    runner = make_runner(q, {"t": BatchHandler(run)})
+    async with running(runner):
+
+        async def all_failed_once() -> bool:
+            rows = [await q.get(i) for i in ids]
+            return all(r is not None and r["status"] == "queued" and r["attempts"] == 1 for r in rows)
+
+        await eventually(all_failed_once)
+        row = await q.get(ids[0])
+        assert row is not None and row["last_error"] == "OSError: database went away"
+        clock.advance(3600)
+        runner.wake()
+        await eventually(lambda: _count_is(q, "done", 10))
+    assert set(attempts.values()) == {2}
+
+
+async def test_a_batch_cancelled_at_shutdown_leaves_its_jobs_for_another_worker(
+    db: Database, clock: Clock
+) -> None:
+    q = make_queue(db, clock)
+    ids = await add(db, clock, 3)
+    started = asyncio.Event()
+
+    async def run(jobs: list[Job]) -> list[Exception | None]:
+        started.set()
+        await asyncio.Event().wait()  # hangs until cancelled
+        return [None] * len(jobs)
+
+    runner = make_runner(q, {"t": BatchHandler(run)}, batch_size=10, concurrency=10)
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(stop))
+    async with asyncio.timeout(10):
+        await started.wait()
+    stop.set()
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.3):
+            await task
+    assert task.done() and runner.in_flight == 0
+    assert [(await statuses(db))[i] for i in ids] == ["running"] * 3
+    clock.advance(LEASE + 1)
+    assert [j.id for j in await q.claim("runner-2", 10)] == ids
 
 
 async def test_runner_wake_cuts_the_poll_sleep_short(db: Database, clock: Clock) -> None:
