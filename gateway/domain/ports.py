@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
@@ -64,6 +64,10 @@ class SmsTransport(Protocol):
     """Sends SMS parts to an SMSC (gateway.smpp.pool.ConnectorPool implements it)."""
 
     async def submit(self, part: SubmitPart, *, timeout: float) -> SubmitResult: ...
+
+    async def submit_many(self, parts: Sequence[SubmitPart], *, timeout: float) -> list[SubmitResult]:
+        """Several parts at once; one result per part, in order."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -170,9 +170,7 @@ class SmsSubmitter:
             for part in parts[message["id"]]:
                 if part["status"] in wanted:
                     todo.append((message, part, submits[part["part_no"] - 1]))
-        results: list[SubmitResult] = await asyncio.gather(
-            *(self.transport.submit(sp, timeout=self.submit_timeout) for _, _, sp in todo)
-        )
+        results = await self.transport.submit_many([sp for _, _, sp in todo], timeout=self.submit_timeout)
         now = self.clock()
         retry: set[str] = set()
         by_message: dict[str, list[tuple[dict[str, Any], SubmitResult]]] = defaultdict(list)

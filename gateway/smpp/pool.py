@@ -23,10 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+import math
+import time
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from gateway.config import SmppConnectorConfig
+from gateway.smpp.link import PendingSubmit
 from gateway.smpp.session import SmppSession
 from gateway.smpp.types import CONNECTION_LOST, NO_ROUTE, SubmitPart, SubmitResult
 
@@ -109,9 +112,45 @@ class ConnectorPool:
 
     async def submit(self, part: SubmitPart, *, timeout: float) -> SubmitResult:
         """Send one part through a bound connector; see the module docstring for outcomes."""
+        return await self._submit(part, timeout, None)
+
+    async def submit_many(self, parts: Sequence[SubmitPart], *, timeout: float) -> list[SubmitResult]:
+        """:meth:`submit` for many parts at once, results in order: each part is queued at once on
+        a connector picked for it, and one timer gives up on all those still queued at the deadline
+        (instead of a task, a timer and a shield per part). A part that found no bound connector, or
+        whose connector went down before writing it, goes the one-by-one way for the time left."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        order: int | None = None
+        results: list[SubmitResult | None] = [None] * len(parts)
+        later: dict[int, int | None] = {}  # index: the arrival order to keep (None: not queued yet)
+        queued: list[tuple[int, SmppSession, PendingSubmit]] = []
+        for i, part in enumerate(parts):
+            session = self.pick()
+            if session is None:
+                later[i] = None
+            else:
+                queued.append((i, session, session.enqueue(part, reroutable=True)))
+        if queued:
+            await _all_resolved([(session, item) for _, session, item in queued], timeout)
+        remaining = deadline - loop.time()
+        for i, session, item in queued:
+            result = item.future.result()
+            if result.outcome == "retry" and result.status_name == CONNECTION_LOST and remaining > 0:
+                log.info("smpp %s went down before sending a part; re-routing it", session.name)
+                later[i] = item.order
+            else:
+                results[i] = result
+        if later:
+            one_by_one = [self._submit(parts[i], remaining, order) for i, order in later.items()]
+            for i, result in zip(later, await asyncio.gather(*one_by_one), strict=True):
+                results[i] = result
+        done = [result for result in results if result is not None]
+        assert len(done) == len(parts), "every part has its result"
+        return done
+
+    async def _submit(self, part: SubmitPart, timeout: float, order: int | None) -> SubmitResult:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         while True:
             remaining = deadline - loop.time()
             session = self.pick()
@@ -134,3 +173,44 @@ class ConnectorPool:
     def snapshot(self) -> list[dict[str, Any]]:
         """One dict per connector (see :meth:`SmppSession.snapshot`), for /readyz and /metrics."""
         return [session.snapshot() for session in self._configured]
+
+
+async def _all_resolved(items: list[tuple[SmppSession, PendingSubmit]], timeout: float) -> None:
+    """Wait until every queued part has its result; parts still queued after ``timeout`` seconds are
+    given up (``retry``/``QUEUE_TIMEOUT``), like :meth:`SmppSession.wait` does for one part.
+    Cancelled: parts not written yet are withdrawn; the others keep their window slot until
+    answered."""
+    loop = asyncio.get_running_loop()
+    timeout = max(0.0, timeout)
+    deadline = time.monotonic() + timeout
+    left = 0
+    all_done = loop.create_future()
+
+    def one_done(_future: asyncio.Future[SubmitResult]) -> None:
+        nonlocal left
+        left -= 1
+        if left == 0 and not all_done.done():
+            all_done.set_result(None)
+
+    for _, item in items:
+        item.deadline = deadline
+        if not item.future.done():
+            left += 1
+            item.future.add_done_callback(one_done)
+    if left == 0:
+        return
+
+    def give_up() -> None:
+        for session, item in items:
+            session.give_up_queued(item)
+
+    timer = loop.call_later(timeout, give_up)
+    try:
+        await all_done
+    except asyncio.CancelledError:
+        for session, item in items:
+            item.deadline = -math.inf  # nobody waits for it: never (re)send it
+            session.give_up_queued(item)
+        raise
+    finally:
+        timer.cancel()

@@ -351,17 +351,18 @@ class SmppSession:
         timeout = max(0.0, timeout)
         item.deadline = time.monotonic() + timeout
         # At the deadline a part still queued is given up (one timer: this runs once per part).
-        timer = asyncio.get_running_loop().call_later(timeout, self._give_up_queued, item)
+        timer = asyncio.get_running_loop().call_later(timeout, self.give_up_queued, item)
         try:
             return await asyncio.shield(item.future)
         except asyncio.CancelledError:
             item.deadline = -math.inf  # nobody waits for it: never (re)send it
-            self._give_up_queued(item)
+            self.give_up_queued(item)
             raise
         finally:
             timer.cancel()
 
-    def _give_up_queued(self, item: PendingSubmit) -> None:
+    def give_up_queued(self, item: PendingSubmit) -> None:
+        """Resolve ``item`` ``retry``/``QUEUE_TIMEOUT`` if it still waits in the queue (not written)."""
         if item.state == "queued":
             self._resolve(item, "retry", reason=QUEUE_TIMEOUT)
 

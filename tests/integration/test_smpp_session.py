@@ -7,7 +7,7 @@ import contextlib
 import random
 import struct
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -502,33 +502,56 @@ def pool(*sessions: SmppSession) -> ConnectorPool:
     return ConnectorPool(sessions)
 
 
-async def test_pool_routes_by_weight_and_fails_over(sim: SmscSimulator, sim2: SmscSimulator) -> None:
+Send = Callable[[ConnectorPool, list[SubmitPart]], Awaitable[list[SubmitResult]]]
+
+
+@pytest.fixture(params=["one_by_one", "many"])
+def send(request: pytest.FixtureRequest) -> Send:
+    """A pool's two ways to send: ``submit`` per part (concurrently), or ``submit_many``."""
+
+    async def many(p: ConnectorPool, parts: list[SubmitPart]) -> list[SubmitResult]:
+        async with asyncio.timeout(15):
+            return await p.submit_many(parts, timeout=10)
+
+    return submit_all if request.param == "one_by_one" else many
+
+
+async def test_pool_routes_by_weight_and_fails_over(
+    sim: SmscSimulator, sim2: SmscSimulator, send: Send
+) -> None:
     a = session(sim, name="a", weight=3)
     b = session(sim2, name="b", weight=1)
     p = pool(a, b)
     async with running(p):
         await until(lambda: len(p.healthy()) == 2)
-        results = await submit_all(p, [part(n) for n in range(40)])
+        results = await send(p, [part(n) for n in range(40)])
         assert all(r.outcome == "ok" for r in results)
+        sent_to = {("a", sub.message_id): sub.dest_addr for sub in sim.submits}
+        sent_to |= {("b", sub.message_id): sub.dest_addr for sub in sim2.submits}
+        assert [sent_to[(r.connector, r.message_id)] for r in results] == [
+            part(n).destination_addr for n in range(40)
+        ]
         assert (len(sim.submits), len(sim2.submits)) == (30, 10)
         assert sum(r.connector == "a" for r in results) == 30
         await sim2.stop()
         await until(lambda: [s.name for s in p.healthy()] == ["a"])
-        results = await submit_all(p, [part(n) for n in range(10)])
+        results = await send(p, [part(n) for n in range(10)])
         assert {r.connector for r in results} == {"a"} and all(r.outcome == "ok" for r in results)
         snap = {row["name"]: row for row in p.snapshot()}
         assert snap["a"]["state"] == "bound" and snap["b"]["state"] != "bound"
         assert snap["a"]["acked"] == 40 and snap["b"]["acked"] == 10
 
 
-async def test_pool_moves_parts_waiting_on_a_dead_connector(sim: SmscSimulator, sim2: SmscSimulator) -> None:
+async def test_pool_moves_parts_waiting_on_a_dead_connector(
+    sim: SmscSimulator, sim2: SmscSimulator, send: Send
+) -> None:
     sim2.response_delay = 2.0  # b holds one part in flight, the others wait for its window
     a = session(sim, name="a")
     b = session(sim2, name="b", window=1, response_timeout_seconds=3.0)
     p = pool(a, b)
     async with running(p):
         await until(lambda: len(p.healthy()) == 2)
-        pending = asyncio.ensure_future(submit_all(p, [part(n) for n in range(10)]))
+        pending = asyncio.ensure_future(send(p, [part(n) for n in range(10)]))
         await sim2.wait_until(lambda: sim2.submit_count == 1, 5)
         await sim.wait_submits(5, 5)
         await sim2.drop_connections()
@@ -550,3 +573,31 @@ async def test_pool_no_route_then_waits_for_a_bind(sim: SmscSimulator) -> None:
         sim.password = "secret"
         result = await asyncio.wait_for(waiting, 6)
         assert (result.outcome, result.connector) == ("ok", "a")
+
+
+async def test_pool_submit_many_gives_up_on_parts_still_queued_at_the_deadline(sim: SmscSimulator) -> None:
+    sim.response_delay = 1.5  # the window of 2 stays full past the deadline
+    p = pool(session(sim, name="a", window=2, response_timeout_seconds=3.0))
+    async with running(p):
+        await until(lambda: len(p.healthy()) == 1)
+        results = await p.submit_many([part(n) for n in range(5)], timeout=0.5)
+        assert [(r.outcome, r.status_name) for r in results] == [("ok", "ESME_ROK")] * 2 + [
+            ("retry", "QUEUE_TIMEOUT")
+        ] * 3
+        assert [sub.dest_addr for sub in sim.submits] == [part(n).destination_addr for n in range(2)]
+
+
+async def test_pool_submit_many_without_a_bind_waits_for_one_or_says_no_route(sim: SmscSimulator) -> None:
+    sim.password = "other"
+    p = pool(session(sim, name="a"))
+    async with running(p):
+        results = await p.submit_many([part(1), part(2)], timeout=0.2)
+        assert [(r.outcome, r.status_name, r.connector) for r in results] == [
+            ("no_route", "NO_ROUTE", None)
+        ] * 2
+        waiting = asyncio.ensure_future(p.submit_many([part(3), part(4)], timeout=5))
+        await asyncio.sleep(0.2)
+        assert not waiting.done()
+        sim.password = "secret"
+        results = await asyncio.wait_for(waiting, 6)
+        assert [(r.outcome, r.connector) for r in results] == [("ok", "a")] * 2
