@@ -207,6 +207,13 @@ contact_emails = sa.Table(
     sa.Index("ix_contact_emails_tenant_email", "tenant_id", "email"),
 )
 
+
+def _where_set(column: str) -> dict[str, Any]:
+    """A partial index's predicate on both engines: only rows where ``column`` is not NULL."""
+    clause = sa.text(f"{column} IS NOT NULL")
+    return {"sqlite_where": clause, "postgresql_where": clause}
+
+
 threads = sa.Table(
     "threads",
     metadata,
@@ -264,8 +271,11 @@ messages = sa.Table(
     _ts("updated_at"),
     sa.Index("ix_messages_thread_created", "thread_id", "created_at"),
     sa.Index("ix_messages_tenant_created", "tenant_id", "created_at"),
-    sa.Index("ix_messages_email_message_id", "email_message_id"),
-    sa.Index("ux_messages_tenant_inbound_key", "tenant_id", "inbound_key", unique=True),
+    # Indexed only where set (migration 0010): an outbound SMS has neither.
+    sa.Index("ix_messages_email_message_id", "email_message_id", **_where_set("email_message_id")),
+    sa.Index(
+        "ux_messages_tenant_inbound_key", "tenant_id", "inbound_key", unique=True, **_where_set("inbound_key")
+    ),
 )
 
 # One row per SMS part submitted: matches delivery receipts (by the SMSC's message id) to messages.
@@ -281,7 +291,9 @@ sms_parts = sa.Table(
     sa.Column("status_reason", sa.String(200)),
     _ts("submitted_at", nullable=True),
     _ts("updated_at"),
-    sa.Index("ix_sms_parts_connector_smsc_key", "connector", "smsc_message_key"),
+    # Receipts look parts up by the key alone (the connector is checked on the rows found); a part
+    # has no key until the SMSC answered.
+    sa.Index("ix_sms_parts_smsc_key", "smsc_message_key", **_where_set("smsc_message_key")),
 )
 
 # Receipts that arrived before their part's submit_sm_resp was recorded (SMSCs may send them in
@@ -294,7 +306,7 @@ parked_receipts = sa.Table(
     sa.Column("smsc_message_key", sa.String(65), nullable=False),
     sa.Column("receipt", JSONType, nullable=False),
     _ts("received_at"),
-    sa.Index("ix_parked_receipts_connector_key", "connector", "smsc_message_key"),
+    sa.Index("ix_parked_receipts_key", "smsc_message_key"),
 )
 
 # Mobile-originated parts of a concatenated SMS waiting for their siblings (SPEC 2.5).
