@@ -477,6 +477,7 @@ idempotency_keys = sa.Table(
     sa.Column("status_code", sa.Integer, nullable=False),
     sa.Column("response", JSONType, nullable=False),
     _ts("created_at"),
+    sa.Index("ix_idempotency_keys_created_at", "created_at"),  # the retention purge, oldest first
 )
 
 # One row per mobile-originated deliver_sm recently received (single messages and concatenation

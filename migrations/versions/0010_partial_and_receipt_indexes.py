@@ -4,7 +4,8 @@ The receipt look-ups (``sms_parts`` and ``parked_receipts`` by ``smsc_message_ke
 the (connector, key) indexes, whose first column they do not constrain: every receipt scanned the
 table. Their new indexes lead with the key. Columns that most rows leave NULL (an SMS part's key
 until the SMSC answers, a message's Message-ID and inbound dedupe key) are indexed only where set,
-so a new outbound SMS no longer adds three index entries nobody looks up.
+so a new outbound SMS no longer adds three index entries nobody looks up. Idempotency keys get an
+index on their age: the retention purge scanned the whole table for the old ones.
 
 Revision ID: 0010
 Revises: 0009
@@ -44,9 +45,11 @@ def upgrade() -> None:
         unique=True,
         **_where("inbound_key"),
     )
+    op.create_index("ix_idempotency_keys_created_at", "idempotency_keys", ["created_at"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_idempotency_keys_created_at", table_name="idempotency_keys")
     op.drop_index("ux_messages_tenant_inbound_key", table_name="messages")
     op.create_index("ux_messages_tenant_inbound_key", "messages", ["tenant_id", "inbound_key"], unique=True)
     op.drop_index("ix_messages_email_message_id", table_name="messages")
