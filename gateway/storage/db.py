@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import operator
 import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -140,6 +141,8 @@ class _InsertPlan:
     keys: tuple[str, ...]
     converted: tuple[tuple[int, Callable[[Any], Any]], ...]
     fixed: tuple[Any, ...]
+    #: The values of ``keys`` from a row dict, as a tuple (operator.itemgetter: no Python loop).
+    values: Callable[[dict[str, Any]], tuple[Any, ...]]
 
 
 _INSERT_PLANS: dict[tuple[str, tuple[str, ...]], _InsertPlan] = {}
@@ -265,13 +268,12 @@ class LoopConnection:
         plan = self._insert_plan(table, tuple(rows[0]))
         raw = self._conn.connection.driver_connection
         assert raw is not None
-        keys, converted, fixed = plan.keys, plan.converted, plan.fixed
+        getter, converted, fixed = plan.values, plan.converted, plan.fixed
 
         def params(row: dict[str, Any]) -> list[Any]:
-            out = [row[k] for k in keys]
+            out = [*getter(row), *fixed]
             for i, proc in converted:
                 out[i] = proc(out[i])
-            out += fixed
             return out
 
         try:
@@ -308,6 +310,7 @@ class LoopConnection:
                     p(defaults[n]) if p is not None else defaults[n]
                     for n, p in zip(names[n_keys:], processors[n_keys:], strict=True)
                 ),
+                values=_tuple_getter(keys),
             )
         return plan
 
@@ -362,6 +365,14 @@ class LoopConnection:
 
 
 _NO_PLAN: list[Any] = []
+
+
+def _tuple_getter(keys: tuple[str, ...]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
+    if len(keys) == 1:
+        (key,) = keys
+        return lambda row: (row[key],)
+    getter: Callable[[dict[str, Any]], tuple[Any, ...]] = operator.itemgetter(*keys)
+    return getter
 
 
 def _plan_for(statement: Any, dialect: Any, given: dict[str, Any]) -> _Plan | None:

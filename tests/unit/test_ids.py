@@ -20,3 +20,15 @@ def test_ids_made_later_sort_later_and_never_repeat() -> None:
     later = [new_id("thr") for _ in range(2000)]
     assert len(set(first + later)) == 4000
     assert max(first) < min(later)
+
+
+def test_ids_stay_unique_across_many_refills_and_threads() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def make(n: int) -> list[str]:
+        return [new_id("msg") for _ in range(n)]
+
+    with ThreadPoolExecutor(4) as pool:
+        made = [i for chunk in pool.map(make, [3000] * 4) for i in chunk]
+    assert len(set(made)) == len(made) == 12000
+    assert len({i[-12:] for i in made}) == len(made)  # the random halves alone never repeat
