@@ -20,6 +20,7 @@ decodes and answers: ``bind_*`` and ``outbind`` requests are decoded here by han
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import struct
 from dataclasses import dataclass
@@ -174,6 +175,35 @@ def _build(command: str, sequence: int, **fields: Any) -> bytes:
         raise PduEncodeError(command, "*", f"{type(exc).__name__}: {exc}") from exc
 
 
+class _SubmitSmBuilder:
+    """``make_pdu("submit_sm", ...).generate()`` for the send path, with the same bytes and a third
+    of the cost. smpplib's ``SubmitSM.__init__`` sets each of its 45 parameters one by one, and its
+    ``generate`` walks all of them, the 27 optional ones included, whatever the PDU carries: about
+    70 µs a PDU here, a tenth of the whole send path's CPU. So one PDU built by ``make_pdu`` at
+    start is copied for each new one, which then gets the given fields as ``make_pdu`` would set
+    them, and generates only the mandatory parameters and the optional ones that are set (an unset
+    optional parameter contributes no bytes to smpplib's output anyway). Still smpplib's encoding of
+    every field; ``test_codec`` checks the bytes equal ``make_pdu``'s for arbitrary parts."""
+
+    def __init__(self) -> None:
+        self._prototype = _smpp.make_pdu("submit_sm", client=_NO_CLIENT, sequence=1)
+        order = _command.SubmitSM.params_order
+        self._mandatory = tuple(f for f in order if not self._prototype.field_is_optional(f))
+        self._optional = tuple(f for f in order if self._prototype.field_is_optional(f))
+
+    def build(self, sequence: int, fields: dict[str, Any]) -> bytes:
+        pdu = copy.copy(self._prototype)
+        for name, value in fields.items():
+            setattr(pdu, name, value)
+        pdu.sequence = sequence
+        present = [f for f in self._optional if getattr(pdu, f, None) is not None]
+        pdu.params_order = (*self._mandatory, *present) if present else self._mandatory
+        return bytes(pdu.generate())
+
+
+_SUBMIT_SM = _SubmitSmBuilder()
+
+
 def _check_text(command: str, name: str, value: str, max_len: int) -> None:
     if not value.isascii() or "\0" in value:
         raise PduEncodeError(command, name, "must be ASCII without NUL")
@@ -248,7 +278,10 @@ def encode_submit_sm(part: SubmitPart, sequence: int = 0) -> bytes:
             fields[key] = value
         else:
             raise PduEncodeError(cmd, key, "not a submit_sm optional parameter")
-    raw = _build(cmd, sequence, **fields)
+    try:
+        raw = _SUBMIT_SM.build(sequence, fields)
+    except Exception as exc:  # as _build: smpplib raises ValueError, struct.error, TypeError...
+        raise PduEncodeError(cmd, "*", f"{type(exc).__name__}: {exc}") from exc
     if vendor:
         raw = struct.pack(">I", len(raw) + len(vendor)) + raw[4:] + vendor
     return raw
