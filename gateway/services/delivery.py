@@ -24,7 +24,7 @@ from gateway.domain.receipts import Receipt, ReceiptError, ReceiptState, is_rece
 from gateway.services.inbound import InboundSmsService
 from gateway.storage import messages as repo
 from gateway.storage import tenants as tenants_repo
-from gateway.storage.db import fetch, lock_name, lock_names
+from gateway.storage.db import fetch, insert, lock_name, lock_names, run
 from gateway.storage.tables import drops, parked_receipts, sms_parts
 
 log = logging.getLogger(__name__)
@@ -121,13 +121,15 @@ class SmsDelivery:
             await lock_name(conn, f"receipt:{key}")
             if await apply_receipt(conn, sms.connector, key, receipt, now):
                 return True
-            await conn.execute(
-                sa.insert(parked_receipts).values(
-                    connector=sms.connector,
-                    smsc_message_key=key,
-                    receipt=_receipt_json(receipt),
-                    received_at=now,
-                )
+            await insert(
+                conn,
+                parked_receipts,
+                {
+                    "connector": sms.connector,
+                    "smsc_message_key": key,
+                    "receipt": _receipt_json(receipt),
+                    "received_at": now,
+                },
             )
             return False
 
@@ -169,6 +171,12 @@ _PARKED_FOR_KEYS = sa.select(
 ).where(parked_receipts.c.smsc_message_key.in_(sa.bindparam("keys", expanding=True)))
 
 
+_DELETE_PARKED = sa.delete(parked_receipts).where(parked_receipts.c.id == sa.bindparam("row_id"))
+_PARTS_BY_KEY = sa.select(sms_parts.c.message_id, sms_parts.c.part_no, sms_parts.c.connector).where(
+    sms_parts.c.smsc_message_key == sa.bindparam("key")
+)
+
+
 async def apply_parked_for(conn: AsyncConnection, keys: list[tuple[str, str]], now: datetime) -> set[str]:
     """Apply the parked receipts for these (connector, key) pairs; the ids of the messages touched.
 
@@ -186,7 +194,7 @@ async def apply_parked_for(conn: AsyncConnection, keys: list[tuple[str, str]], n
         message_id = await apply_receipt(conn, connector, key, _receipt_from_json(data), now)
         if message_id:
             touched.add(message_id)
-            await conn.execute(sa.delete(parked_receipts).where(parked_receipts.c.id == row_id))
+            await run(conn, _DELETE_PARKED, {"row_id": row_id})
     return touched
 
 
@@ -195,15 +203,12 @@ async def apply_receipt(
 ) -> str | None:
     """Apply a receipt to the part it reports on; its message's id, or None when no part has that
     id (yet)."""
-    q = sa.select(sms_parts.c.message_id, sms_parts.c.part_no, sms_parts.c.connector).where(
-        sms_parts.c.smsc_message_key == key
-    )
-    rows = (await conn.execute(q)).all()
-    same = [r for r in rows if r[2] == connector]
+    rows = await fetch(conn, _PARTS_BY_KEY, {"key": key})
+    same = [r for r in rows if r["connector"] == connector]
     match = same or (rows if len(rows) == 1 else [])  # another bind of the same SMSC account
     if not match:
         return None
-    message_id, part_no, _ = match[0]
+    message_id, part_no = match[0]["message_id"], match[0]["part_no"]
     if receipt.state is ReceiptState.DELIVERED:
         await repo.update_part(conn, message_id, part_no, now, status="delivered", status_reason=None)
     elif receipt.state is ReceiptState.FAILED:

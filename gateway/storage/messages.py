@@ -251,15 +251,12 @@ async def get_message(
     conn: AsyncConnection, message_id: str, tenant_id: str | None = None
 ) -> dict[str, Any] | None:
     if tenant_id is None:
-        result = await conn.execute(_GET_MESSAGE, {"m_id": message_id})
-    else:
-        result = await conn.execute(_GET_TENANT_MESSAGE, {"m_id": message_id, "t_id": tenant_id})
-    row = result.mappings().first()
-    return dict(row) if row else None
+        return await fetch_one(conn, _GET_MESSAGE, {"m_id": message_id})
+    return await fetch_one(conn, _GET_TENANT_MESSAGE, {"m_id": message_id, "t_id": tenant_id})
 
 
 async def get_parts(conn: AsyncConnection, message_id: str) -> list[dict[str, Any]]:
-    return [dict(r) for r in (await conn.execute(_GET_PARTS, {"m_id": message_id})).mappings()]
+    return await fetch(conn, _GET_PARTS, {"m_id": message_id})
 
 
 async def set_message_status(
@@ -287,9 +284,8 @@ async def set_message_status(
 async def update_part(
     conn: AsyncConnection, message_id: str, part_no: int, now: datetime, **values: Any
 ) -> None:
-    await conn.execute(
-        _UPDATE_PART, {"b_message_id": message_id, "b_part_no": part_no, "updated_at": now, **values}
-    )
+    params = {"b_message_id": message_id, "b_part_no": part_no, "updated_at": now, **values}
+    await run(conn, _UPDATE_PART, params)
 
 
 # --- events ------------------------------------------------------------------------------------
