@@ -334,7 +334,17 @@ def encode_response(command: str, sequence: int, status: int = ESME_ROK) -> byte
     (message_id empty) or ``generic_nack``."""
     if command not in _RESPONSES:
         raise PduEncodeError(command, "command", f"not one of {', '.join(_RESPONSES)}")
-    return _build(command, sequence, status=status)
+    # smpplib's bytes for (command, status) differ only in the header's sequence: built once (each
+    # receipt is answered with one; make_pdu cost more than the rest of the answer).
+    built = _RESPONSE_BYTES.get((command, status))
+    if built is None:
+        built = _build(command, 0, status=status)
+        if len(_RESPONSE_BYTES) < 256:
+            _RESPONSE_BYTES[(command, status)] = built
+    return with_sequence(built, sequence)
+
+
+_RESPONSE_BYTES: dict[tuple[str, int], bytes] = {}
 
 
 def _header_only(command_id: int, sequence: int, status: int) -> bytes:
@@ -504,6 +514,24 @@ def _split_tlvs(cls: Any, tlvs: bytes, where: dict[str, int]) -> tuple[bytes, di
     return bytes(kept), others
 
 
+_PARSE_PROTOTYPES: dict[str, Any] = {}
+
+
+def _parse_message(name: str, clean: bytes) -> Any:
+    """``parse_pdu(clean, ...)`` for a deliver_sm/data_sm/submit_sm without building the command
+    object anew (its ``__init__`` sets all its parameters one by one, most of the parse's cost):
+    a copy of one made at first use parses the bytes. Every field the bytes carry is set by the
+    parse, every other keeps the fresh object's value, as with ``parse_pdu`` (``test_smpp_codec``
+    compares the two on generated PDUs)."""
+    prototype = _PARSE_PROTOTYPES.get(name)
+    if prototype is None:
+        prototype = _smpp.make_pdu(name, client=_NO_CLIENT, sequence=1, allow_unknown_opt_params=True)
+        _PARSE_PROTOTYPES[name] = prototype
+    pdu = copy.copy(prototype)
+    pdu.parse(clean)
+    return pdu
+
+
 def _decode_message(
     raw: bytes, header: Header, name: str, seqgen: SequenceGenerator, received_at: datetime
 ) -> DeliverSm:
@@ -515,7 +543,7 @@ def _decode_message(
     length = HEADER_LENGTH + end + len(kept)
     clean = struct.pack(">I", length) + raw[4:HEADER_LENGTH] + body[:end] + kept
     try:
-        pdu = _smpp.parse_pdu(clean, client=seqgen, sequence=header.sequence, allow_unknown_opt_params=True)
+        pdu = _parse_message(name, clean)
     except Exception as exc:
         raise PduDecodeError(f"cannot decode {name}: {exc}", **where) from exc
     tlvs: dict[str, Any] = {

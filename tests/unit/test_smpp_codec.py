@@ -136,6 +136,10 @@ def test_bodyless_pdus_byte_for_byte() -> None:
     # deliver_sm_resp / data_sm_resp: message_id is an empty C-Octet String (one NUL).
     assert codec.encode_response("deliver_sm_resp", 9, 0x64) == pdu(0x80000005, 0x64, 9, b"\0")
     assert codec.encode_response("data_sm_resp", 9) == pdu(0x80000103, 0, 9, b"\0")
+    # Built once per (command, status): a later call still carries its own sequence and status.
+    assert codec.encode_response("deliver_sm_resp", 77) == pdu(0x80000005, 0, 77, b"\0")
+    assert codec.encode_response("deliver_sm_resp", 78, 0x64) == pdu(0x80000005, 0x64, 78, b"\0")
+    assert codec.encode_response("generic_nack", 0x7FFFFFFF, 0x03) == pdu(0x80000000, 0x03, 0x7FFFFFFF)
 
 
 @pytest.mark.parametrize(
