@@ -31,6 +31,29 @@ REQUESTS = web.AppKey("requests_total", Counter)
 LATENCY = web.AppKey("request_seconds", Histogram)
 
 
+class _RequestMetrics:
+    """The per-route children of the request counter and latency histogram, looked up once per
+    (route, method, status) instead of through ``labels()`` on every request (2 % of the send
+    path)."""
+
+    def __init__(self, requests: Counter, latency: Histogram) -> None:
+        self._requests = requests
+        self._latency = latency
+        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        children = self._children.get((route, method, status))
+        if children is None:
+            children = (self._requests.labels(route, method, str(status)), self._latency.labels(route))
+            if len(self._children) < 4096:  # routes are a fixed set; methods and statuses few
+                self._children[(route, method, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+
+METRICS = web.AppKey("request_metrics", _RequestMetrics)
+
+
 def build_app(ctx: ApiContext, *, max_body_bytes: int = 1 << 20) -> web.Application:
     app = web.Application(client_max_size=max_body_bytes, middlewares=[_errors_and_metrics])
     app[CTX] = ctx
@@ -40,6 +63,7 @@ def build_app(ctx: ApiContext, *, max_body_bytes: int = 1 << 20) -> web.Applicat
     app[LATENCY] = Histogram(
         "gateway_http_request_seconds", "HTTP request latency", ["route"], registry=ctx.registry
     )
+    app[METRICS] = _RequestMetrics(app[REQUESTS], app[LATENCY])
     API.install(app, _authenticate)
     app.on_shutdown.append(_end_long_polls)
     return app
@@ -73,8 +97,7 @@ async def _errors_and_metrics(
     started = time.perf_counter()
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
     response = await _render_errors(request, handler)
-    request.app[REQUESTS].labels(route, request.method, str(response.status)).inc()
-    request.app[LATENCY].labels(route).observe(time.perf_counter() - started)
+    request.app[METRICS].observe(route, request.method, response.status, time.perf_counter() - started)
     return response
 
 

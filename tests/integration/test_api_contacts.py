@@ -120,6 +120,17 @@ async def test_operations_endpoints(api: Any, tenant: dict[str, Any]) -> None:
     assert resp.status == 404 and (await resp.json())["error"]["code"] == "not_found"
     resp = await api.delete("/v1/tenants")
     assert resp.status == 405 and (await resp.json())["error"]["code"] == "method_not_allowed"
+    for _ in range(2):
+        await api.get("/healthz")
+    text = await (await api.get("/metrics")).text()
+    counted = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(("gateway_http_requests_total{", "gateway_http_request_seconds_count{"))
+    }
+    assert counted['gateway_http_requests_total{method="GET",route="/healthz",status="200"}'] == 3
+    assert counted['gateway_http_requests_total{method="GET",route="unmatched",status="404"}'] == 1
+    assert counted['gateway_http_request_seconds_count{route="/healthz"}'] == 3
 
 
 async def test_readyz_reports_a_failing_component(api: Any, api_context: Any) -> None:
