@@ -92,10 +92,13 @@ def status_name(status: int) -> str:
 
 def command_name(command_id: int) -> str | None:
     """smpplib's name for a command id (``submit_sm_resp``), None when it has none."""
-    try:
-        return str(_codes.get_command_name(command_id))
-    except _exceptions.UnknownCommandError:
-        return None
+    return _COMMAND_NAMES.get(command_id)
+
+
+# smpplib's table, inverted once (its get_command_name searches the table on every call).
+_COMMAND_NAMES: dict[int, str] = {}
+for _name, _code in _codes.commands.items():
+    _COMMAND_NAMES.setdefault(_code, str(_name))
 
 
 class SequenceGenerator:

@@ -312,6 +312,10 @@ def test_status_names(status: int, name: str) -> None:
 def test_command_names() -> None:
     assert codec.command_name(0x80000004) == "submit_sm_resp"
     assert codec.command_name(0x12345) is None
+    import smpplib.command_codes as codes  # type: ignore[import-untyped]
+
+    for code in codes.commands.values():  # the same names as smpplib's own look-up
+        assert codec.command_name(code) == codes.get_command_name(code)
 
 
 def test_sequence_generator_wraps_to_one() -> None:
