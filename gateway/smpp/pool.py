@@ -22,6 +22,7 @@ receipts match); it is not listed in :meth:`ConnectorPool.snapshot` (the listene
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import time
@@ -117,36 +118,10 @@ class ConnectorPool:
     async def submit_many(self, parts: Sequence[SubmitPart], *, timeout: float) -> list[SubmitResult]:
         """:meth:`submit` for many parts at once, results in order: each part is queued at once on
         a connector picked for it, and one timer gives up on all those still queued at the deadline
-        (instead of a task, a timer and a shield per part). A part that found no bound connector, or
-        whose connector went down before writing it, goes the one-by-one way for the time left."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        results: list[SubmitResult | None] = [None] * len(parts)
-        later: dict[int, int | None] = {}  # index: the arrival order to keep (None: not queued yet)
-        queued: list[tuple[int, SmppSession, PendingSubmit]] = []
-        for i, part in enumerate(parts):
-            session = self.pick()
-            if session is None:
-                later[i] = None
-            else:
-                queued.append((i, session, session.enqueue(part, reroutable=True)))
-        if queued:
-            await _all_resolved([(session, item) for _, session, item in queued], timeout)
-        remaining = deadline - loop.time()
-        for i, session, item in queued:
-            result = item.future.result()
-            if result.outcome == "retry" and result.status_name == CONNECTION_LOST and remaining > 0:
-                log.info("smpp %s went down before sending a part; re-routing it", session.name)
-                later[i] = item.order
-            else:
-                results[i] = result
-        if later:
-            one_by_one = [self._submit(parts[i], remaining, order) for i, order in later.items()]
-            for i, result in zip(later, await asyncio.gather(*one_by_one), strict=True):
-                results[i] = result
-        done = [result for result in results if result is not None]
-        assert len(done) == len(parts), "every part has its result"
-        return done
+        (instead of a task, a timer and a shield per part). A part that finds no bound connector, or
+        whose connector goes down before writing it, is re-routed at once the one-by-one way
+        (:meth:`submit`) for the time left, keeping its place in line."""
+        return await _ManySubmit(self, parts, timeout).run()
 
     async def _submit(self, part: SubmitPart, timeout: float, order: int | None) -> SubmitResult:
         loop = asyncio.get_running_loop()
@@ -175,42 +150,82 @@ class ConnectorPool:
         return [session.snapshot() for session in self._configured]
 
 
-async def _all_resolved(items: list[tuple[SmppSession, PendingSubmit]], timeout: float) -> None:
-    """Wait until every queued part has its result; parts still queued after ``timeout`` seconds are
-    given up (``retry``/``QUEUE_TIMEOUT``), like :meth:`SmppSession.wait` does for one part.
-    Cancelled: parts not written yet are withdrawn; the others keep their window slot until
-    answered."""
-    loop = asyncio.get_running_loop()
-    timeout = max(0.0, timeout)
-    deadline = time.monotonic() + timeout
-    left = 0
-    all_done = loop.create_future()
+class _ManySubmit:
+    """One :meth:`ConnectorPool.submit_many` call: results are filed as the parts are answered."""
 
-    def one_done(_future: asyncio.Future[SubmitResult]) -> None:
-        nonlocal left
-        left -= 1
-        if left == 0 and not all_done.done():
-            all_done.set_result(None)
+    def __init__(self, pool: ConnectorPool, parts: Sequence[SubmitPart], timeout: float) -> None:
+        self.pool = pool
+        self.parts = parts
+        self.loop = asyncio.get_running_loop()
+        timeout = max(0.0, timeout)
+        self.deadline = self.loop.time() + timeout
+        self.queue_deadline = time.monotonic() + timeout  # PendingSubmit.deadline is monotonic
+        self.results: list[SubmitResult | None] = [None] * len(parts)
+        self.left = len(parts)
+        self.done: asyncio.Future[None] = self.loop.create_future()
+        self.queued: list[tuple[SmppSession, PendingSubmit]] = []
+        self.rerouted: set[asyncio.Task[SubmitResult]] = set()
 
-    for _, item in items:
-        item.deadline = deadline
-        if not item.future.done():
-            left += 1
-            item.future.add_done_callback(one_done)
-    if left == 0:
-        return
+    async def run(self) -> list[SubmitResult]:
+        if not self.parts:
+            return []
+        for i, part in enumerate(self.parts):
+            session = self.pool.pick()
+            if session is None:
+                self._one_by_one(i, None)
+                continue
+            item = session.enqueue(part, reroutable=True)
+            item.deadline = self.queue_deadline
+            self.queued.append((session, item))
+            item.future.add_done_callback(functools.partial(self._answered, i, session, item))
+        timer = self.loop.call_at(self.deadline, self._give_up)
+        try:
+            await self.done
+        except asyncio.CancelledError:
+            for session, item in self.queued:
+                item.deadline = -math.inf  # nobody waits for it: never (re)send it
+                session.give_up_queued(item)
+            for task in self.rerouted:
+                task.cancel()
+            raise
+        finally:
+            timer.cancel()
+        return [result for result in self.results if result is not None]
 
-    def give_up() -> None:
-        for session, item in items:
+    def _answered(
+        self, i: int, session: SmppSession, item: PendingSubmit, future: asyncio.Future[SubmitResult]
+    ) -> None:
+        result = future.result()
+        lost = result.outcome == "retry" and result.status_name == CONNECTION_LOST
+        if lost and self.loop.time() < self.deadline:
+            log.info("smpp %s went down before sending a part; re-routing it", session.name)
+            self._one_by_one(i, item.order)
+        else:
+            self._file(i, result)
+
+    def _one_by_one(self, i: int, order: int | None) -> None:
+        remaining = self.deadline - self.loop.time()
+        task = asyncio.ensure_future(self.pool._submit(self.parts[i], remaining, order))
+        self.rerouted.add(task)
+        task.add_done_callback(functools.partial(self._rerouted, i))
+
+    def _rerouted(self, i: int, task: asyncio.Task[SubmitResult]) -> None:
+        self.rerouted.discard(task)
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None:
+            if not self.done.done():
+                self.done.set_exception(error)
+            return
+        self._file(i, task.result())
+
+    def _file(self, i: int, result: SubmitResult) -> None:
+        self.results[i] = result
+        self.left -= 1
+        if self.left == 0 and not self.done.done():
+            self.done.set_result(None)
+
+    def _give_up(self) -> None:
+        for session, item in self.queued:
             session.give_up_queued(item)
-
-    timer = loop.call_later(timeout, give_up)
-    try:
-        await all_done
-    except asyncio.CancelledError:
-        for session, item in items:
-            item.deadline = -math.inf  # nobody waits for it: never (re)send it
-            session.give_up_queued(item)
-        raise
-    finally:
-        timer.cancel()

@@ -601,3 +601,23 @@ async def test_pool_submit_many_without_a_bind_waits_for_one_or_says_no_route(si
         sim.password = "secret"
         results = await asyncio.wait_for(waiting, 6)
         assert [(r.outcome, r.connector) for r in results] == [("ok", "a")] * 2
+
+
+async def test_pool_submit_many_moves_a_dead_connectors_parts_at_once(
+    sim: SmscSimulator, sim2: SmscSimulator
+) -> None:
+    """Parts waiting on a connector that goes down are re-routed right away, not once the batch's
+    other parts (slow to be answered here) have their answers."""
+    sim.response_delay = 1.5
+    sim2.response_delay = 2.0  # b holds one part in flight, four more wait for its window
+    a = session(sim, name="a", response_timeout_seconds=3.0)
+    p = pool(a, session(sim2, name="b", window=1, response_timeout_seconds=3.0))
+    async with running(p):
+        await until(lambda: len(p.healthy()) == 2)
+        pending = asyncio.ensure_future(p.submit_many([part(n) for n in range(10)], timeout=10))
+        await sim2.wait_until(lambda: sim2.submit_count == 1, 5)
+        await sim.wait_submits(5, 5)
+        await sim2.drop_connections()
+        await sim.wait_submits(9, 1.0)  # before a answers anything (1.5 s)
+        results = await asyncio.wait_for(pending, 10)
+    assert sorted((r.outcome, r.connector) for r in results) == [("ok", "a")] * 9 + [("unknown", "b")]
