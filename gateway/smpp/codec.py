@@ -20,9 +20,11 @@ decodes and answers: ``bind_*`` and ``outbind`` requests are decoded here by han
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -169,33 +171,54 @@ def with_sequence(raw: bytes, sequence: int) -> bytes:
 _NO_CLIENT = SequenceGenerator()  # builds always pass an explicit sequence: never advanced
 
 
-def _build(command: str, sequence: int, **fields: Any) -> bytes:
+@contextlib.contextmanager
+def _smpplib_errors(command: str) -> Iterator[None]:
+    """smpplib's own refusals (ValueError, struct.error, TypeError, UnicodeError...) as ours."""
     try:
+        yield
+    except Exception as exc:
+        raise PduEncodeError(command, "*", f"{type(exc).__name__}: {exc}") from exc
+
+
+def _build(command: str, sequence: int, **fields: Any) -> bytes:
+    with _smpplib_errors(command):
         pdu = _smpp.make_pdu(command, client=_NO_CLIENT, sequence=sequence, **fields)
         pdu.sequence = sequence  # smpplib ignores sequence= when the client has one
         return bytes(pdu.generate())
-    except Exception as exc:  # smpplib raises ValueError, struct.error, TypeError, UnicodeError...
-        raise PduEncodeError(command, "*", f"{type(exc).__name__}: {exc}") from exc
+
+
+_PROTOTYPES: dict[str, Any] = {}
+
+
+def _fresh(command: str) -> Any:
+    """What ``make_pdu(command)`` returns, without running smpplib's ``__init__`` again (it sets
+    every parameter one by one, most of the cost of a small PDU): a copy of one made at first use.
+    Fields are then set on the copy, or parsed into it, as on a new one."""
+    prototype = _PROTOTYPES.get(command)
+    if prototype is None:
+        prototype = _smpp.make_pdu(command, client=_NO_CLIENT, sequence=1, allow_unknown_opt_params=True)
+        _PROTOTYPES[command] = prototype
+    return copy.copy(prototype)
 
 
 class _SubmitSmBuilder:
     """``make_pdu("submit_sm", ...).generate()`` for the send path, with the same bytes and a third
     of the cost. smpplib's ``SubmitSM.__init__`` sets each of its 45 parameters one by one, and its
     ``generate`` walks all of them, the 27 optional ones included, whatever the PDU carries: about
-    70 µs a PDU here, a tenth of the whole send path's CPU. So one PDU built by ``make_pdu`` at
-    start is copied for each new one, which then gets the given fields as ``make_pdu`` would set
-    them, and generates only the mandatory parameters and the optional ones that are set (an unset
-    optional parameter contributes no bytes to smpplib's output anyway). Still smpplib's encoding of
-    every field; ``test_codec`` checks the bytes equal ``make_pdu``'s for arbitrary parts."""
+    70 µs a PDU here, a tenth of the whole send path's CPU. So a :func:`_fresh` copy gets the given
+    fields as ``make_pdu`` would set them, and generates only the mandatory parameters and the
+    optional ones that are set (an unset optional parameter contributes no bytes to smpplib's
+    output anyway). Still smpplib's encoding of every field; ``test_smpp_codec_fastpaths`` checks
+    the bytes equal ``make_pdu``'s for arbitrary parts."""
 
     def __init__(self) -> None:
-        self._prototype = _smpp.make_pdu("submit_sm", client=_NO_CLIENT, sequence=1)
+        sample = _fresh("submit_sm")
         order = _command.SubmitSM.params_order
-        self._mandatory = tuple(f for f in order if not self._prototype.field_is_optional(f))
-        self._optional = tuple(f for f in order if self._prototype.field_is_optional(f))
+        self._mandatory = tuple(f for f in order if not sample.field_is_optional(f))
+        self._optional = tuple(f for f in order if sample.field_is_optional(f))
 
     def build(self, sequence: int, fields: dict[str, Any]) -> bytes:
-        pdu = copy.copy(self._prototype)
+        pdu = _fresh("submit_sm")
         for name, value in fields.items():
             setattr(pdu, name, value)
         pdu.sequence = sequence
@@ -252,6 +275,17 @@ def udh_to_sar(part: SubmitPart) -> SubmitPart:
 
 def encode_submit_sm(part: SubmitPart, sequence: int = 0) -> bytes:
     """A ``submit_sm`` for ``part`` (registered_delivery, data_coding, esm_class... as given)."""
+    fields, vendor = submit_sm_fields(part)
+    with _smpplib_errors("submit_sm"):
+        raw = _SUBMIT_SM.build(sequence, fields)
+    if vendor:
+        raw = struct.pack(">I", len(raw) + len(vendor)) + raw[4:] + vendor
+    return raw
+
+
+def submit_sm_fields(part: SubmitPart) -> tuple[dict[str, Any], bytes]:
+    """The smpplib fields of ``part``'s ``submit_sm`` (checked), and its vendor TLVs as bytes to
+    append (smpplib knows only the standard ones)."""
     cmd = "submit_sm"
     _check_text(cmd, "source_addr", part.source_addr, 20)
     _check_text(cmd, "destination_addr", part.destination_addr, 20)
@@ -281,13 +315,7 @@ def encode_submit_sm(part: SubmitPart, sequence: int = 0) -> bytes:
             fields[key] = value
         else:
             raise PduEncodeError(cmd, key, "not a submit_sm optional parameter")
-    try:
-        raw = _SUBMIT_SM.build(sequence, fields)
-    except Exception as exc:  # as _build: smpplib raises ValueError, struct.error, TypeError...
-        raise PduEncodeError(cmd, "*", f"{type(exc).__name__}: {exc}") from exc
-    if vendor:
-        raw = struct.pack(">I", len(raw) + len(vendor)) + raw[4:] + vendor
-    return raw
+    return fields, vendor
 
 
 def encode_bind(
@@ -517,20 +545,11 @@ def _split_tlvs(cls: Any, tlvs: bytes, where: dict[str, int]) -> tuple[bytes, di
     return bytes(kept), others
 
 
-_PARSE_PROTOTYPES: dict[str, Any] = {}
-
-
 def _parse_message(name: str, clean: bytes) -> Any:
-    """``parse_pdu(clean, ...)`` for a deliver_sm/data_sm/submit_sm without building the command
-    object anew (its ``__init__`` sets all its parameters one by one, most of the parse's cost):
-    a copy of one made at first use parses the bytes. Every field the bytes carry is set by the
-    parse, every other keeps the fresh object's value, as with ``parse_pdu`` (``test_smpp_codec``
-    compares the two on generated PDUs)."""
-    prototype = _PARSE_PROTOTYPES.get(name)
-    if prototype is None:
-        prototype = _smpp.make_pdu(name, client=_NO_CLIENT, sequence=1, allow_unknown_opt_params=True)
-        _PARSE_PROTOTYPES[name] = prototype
-    pdu = copy.copy(prototype)
+    """``parse_pdu(clean, ...)`` for a deliver_sm/data_sm/submit_sm: a :func:`_fresh` PDU parses
+    the bytes. Every field the bytes carry is set by the parse, every other keeps the new object's
+    value, as with ``parse_pdu`` (``test_smpp_codec_fastpaths`` compares the two)."""
+    pdu = _fresh(name)
     pdu.parse(clean)
     return pdu
 

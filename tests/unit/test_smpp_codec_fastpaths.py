@@ -63,21 +63,9 @@ def parts(draw: st.DrawFn) -> SubmitPart:
 
 
 def smpplib_bytes(part: SubmitPart, sequence: int) -> bytes:
-    """What encode_submit_sm hands smpplib, built the plain way."""
-    fields: dict[str, Any] = {
-        "service_type": "",
-        "source_addr": part.source_addr,
-        "source_addr_ton": part.source_ton,
-        "source_addr_npi": part.source_npi,
-        "dest_addr_ton": part.dest_ton,
-        "dest_addr_npi": part.dest_npi,
-        "esm_class": part.esm_class,
-        "data_coding": part.data_coding,
-        "registered_delivery": part.registered_delivery,
-        "destination_addr": part.destination_addr,
-        "short_message": bytes(part.short_message),
-        **part.tlvs,
-    }
+    """The fields encode_submit_sm hands smpplib, built the plain way."""
+    fields, vendor = codec.submit_sm_fields(part)
+    assert not vendor  # the strategy draws standard TLVs only
     pdu = smpplib.smpp.make_pdu("submit_sm", client=SequenceGenerator(), sequence=sequence, **fields)
     pdu.sequence = sequence
     return bytes(pdu.generate())
