@@ -287,7 +287,7 @@ class Link:
                     self._wake.clear()
                     await self._wake.wait()
                     continue
-                writer.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+                writer.write(b"".join(chunks))
                 for item in sent:
                     item.sent = True
                 await writer.drain()

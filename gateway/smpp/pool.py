@@ -140,14 +140,18 @@ class ConnectorPool:
             item = session.enqueue(part, reroutable=True, order=order)
             order = item.order
             result = await session.wait(item, remaining)
-            lost = result.outcome == "retry" and result.status_name == CONNECTION_LOST
-            if not lost or deadline - loop.time() <= 0:
+            if not _connection_lost(result) or deadline - loop.time() <= 0:
                 return result
             log.info("smpp %s went down before sending a part; re-routing it", session.name)
 
     def snapshot(self) -> list[dict[str, Any]]:
         """One dict per connector (see :meth:`SmppSession.snapshot`), for /readyz and /metrics."""
         return [session.snapshot() for session in self._configured]
+
+
+def _connection_lost(result: SubmitResult) -> bool:
+    """Not written because its connector went down: another one may take it."""
+    return result.outcome == "retry" and result.status_name == CONNECTION_LOST
 
 
 class _ManySubmit:
@@ -196,8 +200,7 @@ class _ManySubmit:
         self, i: int, session: SmppSession, item: PendingSubmit, future: asyncio.Future[SubmitResult]
     ) -> None:
         result = future.result()
-        lost = result.outcome == "retry" and result.status_name == CONNECTION_LOST
-        if lost and self.loop.time() < self.deadline:
+        if _connection_lost(result) and self.loop.time() < self.deadline:
             log.info("smpp %s went down before sending a part; re-routing it", session.name)
             self._one_by_one(i, item.order)
         else:
