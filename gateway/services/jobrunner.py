@@ -171,19 +171,17 @@ class JobRunner:
             log.exception("job claim failed; retrying after poll_interval")
             return 0
         self.claimed += len(jobs)
-        together: dict[str, list[Job]] = {}
+        by_kind: dict[str, list[Job]] = {}
         for job in jobs:
-            handler = self.handlers[job.kind]
-            if isinstance(handler, BatchHandler):
-                together.setdefault(job.kind, []).append(job)
-                continue
-            task = asyncio.create_task(self._execute(handler, job), name=f"job-{job.id}-{job.kind}")
-            self._inflight[job.id] = (job, task)
-        for kind, group in together.items():
+            by_kind.setdefault(job.kind, []).append(job)
+        for kind, group in by_kind.items():
             handler = self.handlers[kind]
-            assert isinstance(handler, BatchHandler)
-            task = asyncio.create_task(self._execute_batch(handler, group), name=f"jobs-{kind}")
+            if isinstance(handler, BatchHandler):
+                task = asyncio.create_task(self._execute_batch(handler, group), name=f"jobs-{kind}")
+                self._inflight.update((job.id, (job, task)) for job in group)
+                continue
             for job in group:
+                task = asyncio.create_task(self._execute(handler, job), name=f"job-{job.id}-{kind}")
                 self._inflight[job.id] = (job, task)
         return len(jobs)
 
