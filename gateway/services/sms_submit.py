@@ -31,9 +31,9 @@ from gateway.domain.sms_text import Encoding
 from gateway.domain.udh import concat_parts
 from gateway.services.delivery import IdKey, RetryLaterError, apply_parked_for, settle
 from gateway.services.shutdown import finish_or_cancel
-from gateway.storage.db import Database, fetch, run, run_many
+from gateway.storage.db import Database, fetch, run
 from gateway.storage.jobs import Job
-from gateway.storage.messages import add_event_rows
+from gateway.storage.messages import add_event_rows, update_parts
 from gateway.storage.tables import messages, sms_parts
 
 log = logging.getLogger(__name__)
@@ -73,9 +73,6 @@ _MARK_SENT = (
     .where(messages.c.id.in_(sa.bindparam("ids", expanding=True)), messages.c.status == "sending")
     .values(status="sent", updated_at=sa.bindparam("now"))
 )
-_UPDATE_PART = sa.update(sms_parts).where(
-    sms_parts.c.message_id == sa.bindparam("b_message_id"), sms_parts.c.part_no == sa.bindparam("b_part_no")
-)
 
 
 class SmsSubmitter:
@@ -101,8 +98,6 @@ class SmsSubmitter:
     async def handle_batch(self, jobs: list[Job]) -> list[Exception | None]:
         """The job handler for the claimed ``sms.submit`` jobs: one outcome per job, once its
         message is settled for now (:class:`RetryLaterError`: parts left for a later attempt)."""
-        if not jobs:
-            return []
         chunks = [jobs[i : i + MAX_BATCH] for i in range(0, len(jobs), MAX_BATCH)]
         tasks = [asyncio.create_task(self._process(chunk), name="sms-submit-batch") for chunk in chunks]
         for task in tasks:
@@ -110,8 +105,6 @@ class SmsSubmitter:
             task.add_done_callback(self._tasks.discard)
         # Cancelled (shutdown): the batches go on and record what they did (drain waits for them);
         # the jobs' leases lapse anyway.
-        if len(tasks) == 1:
-            return await asyncio.shield(tasks[0])
         outcomes = await asyncio.shield(asyncio.gather(*tasks))
         return [outcome for chunk in outcomes for outcome in chunk]
 
@@ -216,8 +209,8 @@ class SmsSubmitter:
                     other.append(
                         {**where, "status": status, "connector": result.connector, "status_reason": reason}
                     )
-            await run_many(conn, _UPDATE_PART, accepted)
-            await run_many(conn, _UPDATE_PART, other)
+            await update_parts(conn, accepted)
+            await update_parts(conn, other)
             if keys:
                 # Receipts that arrived before we stored these ids were parked; take them now.
                 needs_settle |= await apply_parked_for(conn, keys, now)

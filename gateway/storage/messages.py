@@ -288,6 +288,12 @@ async def update_part(
     await run(conn, _UPDATE_PART, params)
 
 
+async def update_parts(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    """:func:`update_part` for many parts in one statement: each row names ``b_message_id``,
+    ``b_part_no`` and the same columns to set as the others."""
+    await run_many(conn, _UPDATE_PART, rows)
+
+
 # --- events ------------------------------------------------------------------------------------
 
 
