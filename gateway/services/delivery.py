@@ -171,7 +171,9 @@ _PARKED_FOR_KEYS = sa.select(
 ).where(parked_receipts.c.smsc_message_key.in_(sa.bindparam("keys", expanding=True)))
 
 
-_DELETE_PARKED = sa.delete(parked_receipts).where(parked_receipts.c.id == sa.bindparam("row_id"))
+_DELETE_PARKED = sa.delete(parked_receipts).where(
+    parked_receipts.c.id.in_(sa.bindparam("ids", expanding=True))
+)
 _PARTS_BY_KEY = sa.select(sms_parts.c.message_id, sms_parts.c.part_no, sms_parts.c.connector).where(
     sms_parts.c.smsc_message_key == sa.bindparam("key")
 )
@@ -188,13 +190,16 @@ async def apply_parked_for(conn: AsyncConnection, keys: list[tuple[str, str]], n
     found = await fetch(conn, _PARKED_FOR_KEYS, {"keys": sorted({k for _, k in keys})})
     rows = [(r["id"], r["connector"], r["smsc_message_key"], r["receipt"]) for r in found]
     touched: set[str] = set()
+    applied: list[int] = []  # parked rows that found their part: deleted together
     for row_id, connector, key, data in rows:
         if (connector, key) not in wanted:
             continue
         message_id = await apply_receipt(conn, connector, key, _receipt_from_json(data), now)
         if message_id:
             touched.add(message_id)
-            await run(conn, _DELETE_PARKED, {"row_id": row_id})
+            applied.append(row_id)
+    if applied:
+        await run(conn, _DELETE_PARKED, {"ids": applied})
     return touched
 
 
