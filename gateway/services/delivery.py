@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -24,7 +24,7 @@ from gateway.domain.receipts import Receipt, ReceiptError, ReceiptState, is_rece
 from gateway.services.inbound import InboundSmsService
 from gateway.storage import messages as repo
 from gateway.storage import tenants as tenants_repo
-from gateway.storage.db import fetch, insert, lock_name, lock_names, run
+from gateway.storage.db import fetch, insert, lock_names, run
 from gateway.storage.tables import drops, parked_receipts, sms_parts
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,7 @@ class SmsDelivery:
             part = parts.get(part_no)
             if part is None or part["status"] != "unknown":
                 return
+            touched: set[str] = set()
             if status == 0 and smsc_id:
                 key = self.id_key(connector, smsc_id, "resp")
                 await repo.update_part(
@@ -85,7 +86,8 @@ class SmsDelivery:
                     smsc_message_key=key,
                     status_reason=None,
                 )
-                self.receipts_matched += len(await apply_parked_for(conn, [(connector, key)], now))
+                touched = await apply_parked_for(conn, [(connector, key)], now)
+                self.receipts_matched += len(touched)
             else:
                 await repo.update_part(
                     conn,
@@ -95,7 +97,7 @@ class SmsDelivery:
                     status="failed",
                     status_reason=f"late response 0x{status:08X}",
                 )
-            await settle(conn, message_id, now)
+            await settle_many(conn, touched | {message_id}, now)
 
         await self.db.write(unit)
 
@@ -114,29 +116,34 @@ class SmsDelivery:
             return
         # receipted_message_id (TLV) is in the submit_sm_resp's format; the text's id may not be.
         key = self.id_key(sms.connector, receipt.message_id, "resp" if receipt.id_source == "tlv" else "dlr")
-        now = self.clock()
-
-        async def unit(conn: AsyncConnection) -> bool:
-            # Same lock as apply_parked_for: either we see the part's id, or it sees our parked row.
-            await lock_name(conn, f"receipt:{key}")
-            if await apply_receipt(conn, sms.connector, key, receipt, now):
-                return True
-            await insert(
-                conn,
-                parked_receipts,
-                {
-                    "connector": sms.connector,
-                    "smsc_message_key": key,
-                    "receipt": _receipt_json(receipt),
-                    "received_at": now,
-                },
-            )
-            return False
-
-        if await self.db.write(unit):
+        # The receipts that arrive together are recorded together (one statement per table).
+        if await self.db.write_batched(self._record_receipts, (sms.connector, key, receipt)):
             self.receipts_matched += 1
         else:
             self.receipts_parked += 1
+
+    async def _record_receipts(
+        self, conn: AsyncConnection, receipts: list[tuple[str, str, Receipt]]
+    ) -> list[Any]:
+        """Apply the receipts whose parts are known; park the others. True for each one applied."""
+        now = self.clock()
+        # Same locks as apply_parked_for: either we see the part's id, or it sees our parked row.
+        await lock_names(conn, [f"receipt:{key}" for _, key, _ in receipts])
+        found = await apply_receipts(conn, receipts, now)
+        await settle_many(conn, {m for m in found if m is not None}, now)
+        parked = [
+            {
+                "connector": connector,
+                "smsc_message_key": key,
+                "receipt": _receipt_json(receipt),
+                "received_at": now,
+            }
+            for (connector, key, receipt), message_id in zip(receipts, found, strict=True)
+            if message_id is None
+        ]
+        if parked:
+            await insert(conn, parked_receipts, parked)
+        return [m is not None for m in found]
 
     async def _unhandled_mo(self, sms: InboundSms) -> None:
         # Mobile-originated messages are routed by the inbound SMS service (it commits before it
@@ -174,13 +181,14 @@ _PARKED_FOR_KEYS = sa.select(
 _DELETE_PARKED = sa.delete(parked_receipts).where(
     parked_receipts.c.id.in_(sa.bindparam("ids", expanding=True))
 )
-_PARTS_BY_KEY = sa.select(sms_parts.c.message_id, sms_parts.c.part_no, sms_parts.c.connector).where(
-    sms_parts.c.smsc_message_key == sa.bindparam("key")
-)
+_PARTS_BY_KEYS = sa.select(
+    sms_parts.c.message_id, sms_parts.c.part_no, sms_parts.c.connector, sms_parts.c.smsc_message_key
+).where(sms_parts.c.smsc_message_key.in_(sa.bindparam("keys", expanding=True)))
 
 
 async def apply_parked_for(conn: AsyncConnection, keys: list[tuple[str, str]], now: datetime) -> set[str]:
-    """Apply the parked receipts for these (connector, key) pairs; the ids of the messages touched.
+    """Apply the parked receipts for these (connector, key) pairs; the ids of the messages whose
+    parts they reported on, for the caller to :func:`settle_many`.
 
     Takes the receipt lock of every key first (PostgreSQL): a receipt being parked concurrently
     either committed before (and is seen here) or sees the part's id after we commit.
@@ -188,95 +196,131 @@ async def apply_parked_for(conn: AsyncConnection, keys: list[tuple[str, str]], n
     await lock_names(conn, [f"receipt:{key}" for _, key in keys])
     wanted = set(keys)
     found = await fetch(conn, _PARKED_FOR_KEYS, {"keys": sorted({k for _, k in keys})})
-    rows = [(r["id"], r["connector"], r["smsc_message_key"], r["receipt"]) for r in found]
-    touched: set[str] = set()
-    applied: list[int] = []  # parked rows that found their part: deleted together
-    for row_id, connector, key, data in rows:
-        if (connector, key) not in wanted:
-            continue
-        message_id = await apply_receipt(conn, connector, key, _receipt_from_json(data), now)
-        if message_id:
-            touched.add(message_id)
-            applied.append(row_id)
+    rows = [r for r in found if (r["connector"], r["smsc_message_key"]) in wanted]
+    rows.sort(key=lambda r: r["id"])  # in the order they arrived
+    matched = await apply_receipts(
+        conn, [(r["connector"], r["smsc_message_key"], _receipt_from_json(r["receipt"])) for r in rows], now
+    )
+    # Parked rows that found their part are deleted together.
+    applied = [r["id"] for r, message_id in zip(rows, matched, strict=True) if message_id is not None]
     if applied:
         await run(conn, _DELETE_PARKED, {"ids": applied})
-    return touched
+    return {m for m in matched if m is not None}
 
 
-async def apply_receipt(
-    conn: AsyncConnection, connector: str, key: str, receipt: Receipt, now: datetime
-) -> str | None:
-    """Apply a receipt to the part it reports on; its message's id, or None when no part has that
-    id (yet)."""
-    rows = await fetch(conn, _PARTS_BY_KEY, {"key": key})
-    same = [r for r in rows if r["connector"] == connector]
-    match = same or (rows if len(rows) == 1 else [])  # another bind of the same SMSC account
-    if not match:
-        return None
-    message_id, part_no = match[0]["message_id"], match[0]["part_no"]
-    if receipt.state is ReceiptState.DELIVERED:
-        await repo.update_part(conn, message_id, part_no, now, status="delivered", status_reason=None)
-    elif receipt.state is ReceiptState.FAILED:
-        reason = f"{receipt.stat or receipt.reason}" + (f" err:{receipt.err}" if receipt.err else "")
-        await repo.update_part(conn, message_id, part_no, now, status="failed", status_reason=reason)
-    else:
-        return str(message_id)  # an intermediate notification: nothing final to record
-    await settle(conn, message_id, now)
-    return str(message_id)
+async def apply_receipts(
+    conn: AsyncConnection, receipts: Sequence[tuple[str, str, Receipt]], now: datetime
+) -> list[str | None]:
+    """Apply (connector, key, receipt)s, in order, to the parts they report on: for each, its
+    message's id, or None when no part has that id (yet). The caller settles the messages."""
+    if not receipts:
+        return []
+    by_key: dict[str, list[dict[str, Any]]] = {}
+    for r in await fetch(conn, _PARTS_BY_KEYS, {"keys": sorted({key for _, key, _ in receipts})}):
+        by_key.setdefault(r["smsc_message_key"], []).append(r)
+    found: list[str | None] = []
+    changes: list[dict[str, Any]] = []
+    for connector, key, receipt in receipts:
+        rows = by_key.get(key, [])
+        same = [r for r in rows if r["connector"] == connector]
+        match = same or (rows if len(rows) == 1 else [])  # another bind of the same SMSC account
+        if not match:
+            found.append(None)
+            continue
+        message_id, part_no = match[0]["message_id"], match[0]["part_no"]
+        found.append(str(message_id))
+        if receipt.state is ReceiptState.DELIVERED:
+            status, reason = "delivered", None
+        elif receipt.state is ReceiptState.FAILED:
+            status = "failed"
+            reason = f"{receipt.stat or receipt.reason}" + (f" err:{receipt.err}" if receipt.err else "")
+        else:
+            continue  # an intermediate notification: nothing final to record
+        changes.append(
+            {
+                "b_message_id": message_id,
+                "b_part_no": part_no,
+                "updated_at": now,
+                "status": status,
+                "status_reason": reason,
+            }
+        )
+    await repo.update_parts(conn, changes)  # in order: a later receipt for a part wins
+    return found
 
 
 async def settle(conn: AsyncConnection, message_id: str, now: datetime) -> None:
-    """Derive the message status from its parts; an event for each change, refunds on failure.
+    """:func:`settle_many` for one message."""
+    await settle_many(conn, [message_id], now)
+
+
+async def settle_many(conn: AsyncConnection, message_ids: Collection[str], now: datetime) -> None:
+    """Derive each message's status from its parts; an event for each change, refunds on failure.
 
     PostgreSQL: receipts for two parts of one message commit in concurrent transactions, and under
     READ COMMITTED each would see the other's part still "submitted" and neither would set
     "delivered". The message lock makes the second one read after the first commits.
     """
-    await lock_name(conn, f"message:{message_id}")
-    message = await repo.get_message(conn, message_id)
-    if message is None or message["status"] in ("cancelled",):
+    if not message_ids:
         return
-    parts = await repo.get_parts(conn, message_id)
-    statuses = [p["status"] for p in parts]
-    current = message["status"]
-    if "failed" in statuses:
-        reason = next(p["status_reason"] for p in parts if p["status"] == "failed")
-        if current != "failed" and await repo.set_message_status(
-            conn, message_id, "failed", now, reason=reason
-        ):
-            # Only parts the SMSC never took are refunded; an undelivered part was still carried,
-            # and an "unknown" one may have been.
-            refundable = sum(
-                1 for p in parts if p["status"] in ("failed", "pending") and p["smsc_message_id"] is None
-            )
-            if refundable:
-                await tenants_repo.change_credits(
-                    conn, message["tenant_id"], refundable, "sms_refund", now, message_id
+    ids = sorted(message_ids)
+    await lock_names(conn, [f"message:{m}" for m in ids])
+    found = await repo.get_messages(conn, ids)
+    all_parts = await repo.get_parts_of(conn, ids)
+    changes: list[dict[str, Any]] = []
+    events: list[dict[str, Any]] = []
+    for message_id in ids:
+        message = found.get(message_id)
+        if message is None or message["status"] == "cancelled":
+            continue
+        parts = all_parts.get(message_id, [])
+        statuses = [p["status"] for p in parts]
+        current = message["status"]
+        status: str | None = None
+        reason: str | None = None
+        if "failed" in statuses:
+            if current != "failed":
+                status = "failed"
+                reason = next(p["status_reason"] for p in parts if p["status"] == "failed")
+                # Only parts the SMSC never took are refunded; an undelivered part was still
+                # carried, and an "unknown" one may have been.
+                refundable = sum(
+                    1 for p in parts if p["status"] in ("failed", "pending") and p["smsc_message_id"] is None
                 )
-            await _status_event(conn, message, "failed", reason, now)
-        return
-    if statuses and all(s == "delivered" for s in statuses):
-        if current != "delivered":
-            await repo.set_message_status(conn, message_id, "delivered", now)
-            await _status_event(conn, message, "delivered", None, now)
-        return
-    if "pending" not in statuses and current in ("queued", "scheduled", "sending"):
-        await repo.set_message_status(conn, message_id, "sent", now)
-        await _status_event(conn, message, "sent", None, now)
+                if refundable:
+                    await tenants_repo.change_credits(
+                        conn, message["tenant_id"], refundable, "sms_refund", now, message_id
+                    )
+        elif statuses and all(s == "delivered" for s in statuses):
+            if current != "delivered":
+                status = "delivered"
+        elif "pending" not in statuses and current in ("queued", "scheduled", "sending"):
+            status = "sent"
+        if status is not None:
+            changes.append({"b_id": message_id, "status": status, "status_reason": reason, "updated_at": now})
+            events.append(sms_status_event(message, status, now, reason))
+    await repo.set_statuses(conn, changes)
+    await repo.add_event_rows(conn, events)
 
 
-async def _status_event(
-    conn: AsyncConnection, message: dict[str, Any], status: str, reason: str | None, now: datetime
-) -> None:
+def sms_status_event(
+    message: dict[str, Any], status: str, now: datetime, reason: str | None = None
+) -> dict[str, Any]:
+    """The ``message.status`` event row for an SMS message (a row with its id, tenant and thread)."""
     payload = {
         "message_id": message["id"],
-        "channel": message["channel"],
+        "channel": "sms",
         "status": status,
         "thread_id": message["thread_id"],
     }
     if reason:
         payload["reason"] = reason
-    await repo.add_event(conn, message["tenant_id"], "message.status", payload, now)
+    return {
+        "tenant_id": message["tenant_id"],
+        "type": "message.status",
+        "payload": payload,
+        "created_at": now,
+    }
 
 
 def _receipt_json(r: Receipt) -> dict[str, Any]:

@@ -29,12 +29,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from gateway.domain.ports import SmsTransport, SubmitPart, SubmitResult
 from gateway.domain.sms_text import Encoding
 from gateway.domain.udh import concat_parts
-from gateway.services.delivery import IdKey, RetryLaterError, apply_parked_for, settle
+from gateway.services.delivery import IdKey, RetryLaterError, apply_parked_for, settle_many, sms_status_event
 from gateway.services.shutdown import finish_or_cancel
 from gateway.storage.db import Database, fetch, run
 from gateway.storage.jobs import Job
-from gateway.storage.messages import add_event_rows, update_parts
-from gateway.storage.tables import messages, sms_parts
+from gateway.storage.messages import add_event_rows, get_parts_of, update_parts
+from gateway.storage.tables import messages
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +62,6 @@ _MARK_SENDING = (
 )
 _SENDING = sa.select(*_NEEDED).where(
     messages.c.id.in_(sa.bindparam("ids", expanding=True)), messages.c.status == "sending"
-)
-_PARTS = (
-    sa.select(sms_parts)
-    .where(sms_parts.c.message_id.in_(sa.bindparam("ids", expanding=True)))
-    .order_by(sms_parts.c.message_id, sms_parts.c.part_no)
 )
 _MARK_SENT = (
     sa.update(messages)
@@ -140,7 +135,7 @@ class SmsSubmitter:
             if rows:
                 await add_event_rows(
                     conn,
-                    [_event(c["tenant_id"], c["id"], c["thread_id"], "sending", now) for c in rows],
+                    [sms_status_event(c, "sending", now) for c in rows],
                 )
             if len(rows) < len(ids):
                 # Messages a retried job finds "sending" already (their earlier attempt marked them).
@@ -149,18 +144,14 @@ class SmsSubmitter:
                 rows += await fetch(conn, _SENDING, {"ids": rest})
             position = {m: i for i, m in enumerate(ids)}
             rows.sort(key=lambda r: position[r["id"]])  # the claim's order (RETURNING has none)
-            parts: dict[str, list[dict[str, Any]]] = defaultdict(list)
-            if rows:
-                for r in await fetch(conn, _PARTS, {"ids": [m["id"] for m in rows]}):
-                    parts[r["message_id"]].append(r)
-            return rows, parts
+            return rows, await get_parts_of(conn, [m["id"] for m in rows])
 
         rows, parts = await self.db.write(begin) if ids else ([], {})
         wanted = {"pending", "unknown"} if self.resubmit_unknown else {"pending"}
         todo: list[tuple[dict[str, Any], dict[str, Any], SubmitPart]] = []
         for message in rows:
             submits = _build(message, int(jobs[message["id"]].payload.get("ref", 0)))
-            for part in parts[message["id"]]:
+            for part in parts.get(message["id"], []):
                 if part["status"] in wanted:
                     todo.append((message, part, submits[part["part_no"] - 1]))
         results = await self.transport.submit_many([sp for _, _, sp in todo], timeout=self.submit_timeout)
@@ -218,25 +209,21 @@ class SmsSubmitter:
             for message in rows:
                 message_id = message["id"]
                 if message_id in needs_settle:
-                    await settle(conn, message_id, now)
                     continue
                 statuses = {
                     p["status"]
-                    for p in parts[message_id]
+                    for p in parts.get(message_id, [])
                     if p["part_no"] not in _touched(by_message, message_id)
                 }
                 statuses |= {_new_status(r) for _, r in by_message.get(message_id, [])}
                 if "pending" not in statuses and "retry" not in statuses:
                     sent.append(message_id)
+            await settle_many(conn, needs_settle, now)
             if sent:
                 await run(conn, _MARK_SENT, {"ids": sent, "now": now})
                 await add_event_rows(
                     conn,
-                    [
-                        _event(m["tenant_id"], m["id"], m["thread_id"], "sent", now)
-                        for m in rows
-                        if m["id"] in set(sent)
-                    ],
+                    [sms_status_event(m, "sent", now) for m in rows if m["id"] in set(sent)],
                 )
 
         if by_message or rows:
@@ -254,15 +241,6 @@ def _new_status(result: SubmitResult) -> str:
     if result.outcome in ("failed", "unknown"):
         return result.outcome
     return "retry"
-
-
-def _event(tenant_id: str, message_id: str, thread_id: str, status: str, now: datetime) -> dict[str, Any]:
-    return {
-        "tenant_id": tenant_id,
-        "type": "message.status",
-        "payload": {"message_id": message_id, "channel": "sms", "status": status, "thread_id": thread_id},
-        "created_at": now,
-    }
 
 
 def _build(message: dict[str, Any], ref: int) -> list[SubmitPart]:

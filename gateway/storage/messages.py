@@ -240,6 +240,12 @@ _GET_PARTS = (
     sa.select(sms_parts).where(sms_parts.c.message_id == sa.bindparam("m_id")).order_by(sms_parts.c.part_no)
 )
 # No .values(): the parameters given at execution say which columns are SET (compiled once per set).
+_GET_MESSAGES = sa.select(messages).where(messages.c.id.in_(sa.bindparam("m_ids", expanding=True)))
+_GET_PARTS_OF = (
+    sa.select(sms_parts)
+    .where(sms_parts.c.message_id.in_(sa.bindparam("m_ids", expanding=True)))
+    .order_by(sms_parts.c.message_id, sms_parts.c.part_no)
+)
 _SET_STATUS = sa.update(messages).where(messages.c.id == sa.bindparam("b_id"))
 _SET_STATUS_FROM = _SET_STATUS.where(messages.c.status.in_(sa.bindparam("b_from", expanding=True)))
 _UPDATE_PART = sa.update(sms_parts).where(
@@ -257,6 +263,29 @@ async def get_message(
 
 async def get_parts(conn: AsyncConnection, message_id: str) -> list[dict[str, Any]]:
     return await fetch(conn, _GET_PARTS, {"m_id": message_id})
+
+
+async def get_messages(conn: AsyncConnection, message_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """:func:`get_message` for many ids in one statement, by id (the ids not found are absent)."""
+    if not message_ids:
+        return {}
+    return {r["id"]: r for r in await fetch(conn, _GET_MESSAGES, {"m_ids": list(message_ids)})}
+
+
+async def get_parts_of(conn: AsyncConnection, message_ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+    """:func:`get_parts` for many messages in one statement: each one's parts in order, by id
+    (a message without parts is absent)."""
+    found: dict[str, list[dict[str, Any]]] = {}
+    if message_ids:
+        for r in await fetch(conn, _GET_PARTS_OF, {"m_ids": list(message_ids)}):
+            found.setdefault(r["message_id"], []).append(r)
+    return found
+
+
+async def set_statuses(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    """Unconditional status changes of many messages in one statement: each row names ``b_id``,
+    ``status``, ``status_reason`` and ``updated_at``."""
+    await run_many(conn, _SET_STATUS, rows)
 
 
 async def set_message_status(

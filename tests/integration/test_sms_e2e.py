@@ -203,6 +203,44 @@ async def test_receipts_and_failures_move_statuses(
             assert 'gateway_smpp_bound{connector="main"} 1.0' in await resp.text()
 
 
+async def test_receipts_arriving_together_settle_each_message_once(
+    db_target: DbTarget, tmp_path: Path, sim: SmscSimulator
+) -> None:
+    """Receipts that come in a burst are recorded together: a two-part message whose two receipts
+    land together is delivered, each message gets one "delivered" event, and receipts of the burst
+    that overtake their submit_sm_resp are parked and then applied."""
+    async with gateway(db_target, tmp_path, sim) as gw:
+        auth = await gw.tenant("Burst")
+        for i in range(30):
+            await gw.contact(auth, f"c{i}", f"+485001003{i:02d}")
+        long_text = "Odbior auta mozliwy od jutra, prosimy o potwierdzenie. " * 3  # 2 GSM parts
+        sim.receipt_delay = 0.3  # the receipts of the burst arrive together
+
+        async def send(i: int) -> dict[str, Any]:
+            return await gw.send(auth, contact_id=f"c{i}", text=long_text if i % 2 else f"krotka {i}")
+
+        sent = list(await asyncio.gather(*(send(i) for i in range(20))))
+        assert sum(m["sms"]["parts"] for m in sent) == 30
+        sim.receipt_before_resp = True
+        sent += await asyncio.gather(*(send(i) for i in range(20, 30)))
+        for m in sent:
+            done = await gw.wait_status(auth, m["id"], {"delivered"})
+            assert {p["status"] for p in done["sms_parts"]} == {"delivered"}
+        delivered: dict[str, int] = {}
+        query = "?limit=200"
+        while True:
+            status, page = await gw.call("GET", "/v1/events" + query, _h(auth))
+            assert status == 200, page
+            for e in page["events"]:
+                if e["type"] == "message.status" and e["data"]["status"] == "delivered":
+                    mid = e["data"]["message_id"]
+                    delivered[mid] = delivered.get(mid, 0) + 1
+            if not page["events"]:
+                break
+            query = f"?limit=200&after={page['next']}"
+        assert delivered == {m["id"]: 1 for m in sent}
+
+
 async def test_sar_connector_sends_tlvs_instead_of_a_udh(
     db_target: DbTarget, tmp_path: Path, sim: SmscSimulator
 ) -> None:
