@@ -269,6 +269,7 @@ async def settle_many(conn: AsyncConnection, message_ids: Collection[str], now: 
     all_parts = await repo.get_parts_of(conn, ids)
     changes: list[dict[str, Any]] = []
     events: list[dict[str, Any]] = []
+    refunds: list[tuple[str, str, int]] = []  # (tenant, message, credits)
     for message_id in ids:
         message = found.get(message_id)
         if message is None or message["status"] == "cancelled":
@@ -288,9 +289,7 @@ async def settle_many(conn: AsyncConnection, message_ids: Collection[str], now: 
                     1 for p in parts if p["status"] in ("failed", "pending") and p["smsc_message_id"] is None
                 )
                 if refundable:
-                    await tenants_repo.change_credits(
-                        conn, message["tenant_id"], refundable, "sms_refund", now, message_id
-                    )
+                    refunds.append((message["tenant_id"], message_id, refundable))
         elif statuses and all(s == "delivered" for s in statuses):
             if current != "delivered":
                 status = "delivered"
@@ -301,6 +300,10 @@ async def settle_many(conn: AsyncConnection, message_ids: Collection[str], now: 
             events.append(sms_status_event(message, status, now, reason))
     await repo.set_statuses(conn, changes)
     await repo.add_event_rows(conn, events)
+    # Tenants in a fixed order: two concurrent transactions refunding the same two tenants must
+    # not wait on each other's tenant row (PostgreSQL).
+    for tenant_id, message_id, credits in sorted(refunds):
+        await tenants_repo.change_credits(conn, tenant_id, credits, "sms_refund", now, message_id)
 
 
 def sms_status_event(
