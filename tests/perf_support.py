@@ -169,12 +169,21 @@ def proc_stats(pid: int) -> tuple[float, float, float]:
     return user, system, hwm
 
 
-async def bounded(fn: Callable[[int], Awaitable[None]], n: int, concurrency: int) -> None:
-    """``fn(0) … fn(n-1)`` from ``concurrency`` tasks at most."""
+async def bounded(
+    fn: Callable[[int], Awaitable[None]], n: int, concurrency: int, rate: float | None = None
+) -> None:
+    """``fn(0) … fn(n-1)`` from ``concurrency`` tasks at most; with ``rate``, ``fn(i)`` starts no
+    sooner than ``i / rate`` seconds after the first (a steady offered load instead of flat out)."""
     it = iter(range(n))
+    loop = asyncio.get_running_loop()
+    start = loop.time()
 
     async def worker() -> None:
         for i in it:
+            if rate:
+                delay = start + i / rate - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
             await fn(i)
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
