@@ -7,6 +7,8 @@ import contextlib
 import datetime as dt
 import ipaddress
 import json
+import os
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +21,76 @@ if TYPE_CHECKING:
     from conftest import DbTarget
 
 POOL = ["+48500000001", "+48500000002"]
+GATEWAY = [sys.executable, "-m", "gateway"]
+START_TIMEOUT = 20.0
+
+
+class Daemon:
+    """A ``gateway run`` process; its JSON log lines are read as they come (a full pipe would
+    block the daemon) and kept in ``lines``."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.port: int | None = None
+        self.lines: list[dict[str, Any]] = []
+        self._seen = 0  # wait_log looks at the lines after the last one it returned
+        self._more = asyncio.Event()
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.proc.stderr is not None
+        while raw := await self.proc.stderr.readline():
+            try:
+                line = json.loads(raw)
+            except json.JSONDecodeError:
+                line = {"raw": raw.decode(errors="replace")}
+            self.lines.append(line if isinstance(line, dict) else {"raw": line})
+            self._more.set()
+        self._more.set()
+
+    async def wait_log(self, msg: str, timeout: float = START_TIMEOUT) -> dict[str, Any]:
+        """The next log line (after the one this returned last) whose ``msg`` is ``msg``."""
+        async with asyncio.timeout(timeout):
+            while True:
+                while self._seen < len(self.lines):
+                    line = self.lines[self._seen]
+                    self._seen += 1
+                    if line.get("msg") == msg:
+                        return line
+                if self._reader.done():
+                    raise AssertionError(f"daemon exited before logging {msg!r}: {self.lines[-5:]}")
+                self._more.clear()
+                await self._more.wait()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@contextlib.asynccontextmanager
+async def daemon(config: Path, env: Mapping[str, str]) -> AsyncIterator[Daemon]:
+    """``gateway run -c config`` as a child process until the block ends (then killed, if it is
+    still running); entered once it logged "gateway started"."""
+    proc = await asyncio.create_subprocess_exec(
+        *GATEWAY,
+        "run",
+        "-c",
+        str(config),
+        env={**os.environ, **env},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    d = Daemon(proc)
+    try:
+        started = await d.wait_log("gateway started")
+        d.port = started["http_port"]
+        yield d
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(d._reader, 5)
 
 
 @contextlib.asynccontextmanager

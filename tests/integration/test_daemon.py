@@ -3,29 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
 import socket
-import sys
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 from conftest import DbTarget
+from harness import GATEWAY, START_TIMEOUT, daemon
 
 from gateway.config import load
 from gateway.runtime import Runtime
 from gateway.storage import jobs as jobqueue
 from gateway.storage.db import Database
 
-GATEWAY = [sys.executable, "-m", "gateway"]
 TOKEN = "daemon-test-admin-token-42"
-START_TIMEOUT = 20.0
 
 
 def write_config(path: Path, target: DbTarget, *, token: str = TOKEN, extra: str = "") -> Path:
@@ -73,55 +69,6 @@ async def next_notify(sock: socket.socket, want: str, timeout: float = START_TIM
             seen.append(data)
             if want in data.splitlines():
                 return seen
-
-
-class Daemon:
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        self.port: int | None = None
-        self.lines: list[dict[str, Any]] = []
-
-    async def wait_log(self, msg: str, timeout: float = START_TIMEOUT) -> dict[str, Any]:
-        assert self.proc.stderr is not None
-        async with asyncio.timeout(timeout):
-            while True:
-                raw = await self.proc.stderr.readline()
-                if not raw:
-                    raise AssertionError(f"daemon exited before logging {msg!r}: {self.lines[-5:]}")
-                try:
-                    line = json.loads(raw)
-                except json.JSONDecodeError:
-                    self.lines.append({"raw": raw.decode(errors="replace")})
-                    continue
-                self.lines.append(line)
-                if line.get("msg") == msg:
-                    return line
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-
-@contextlib.asynccontextmanager
-async def daemon(config: Path, env: dict[str, str]) -> AsyncIterator[Daemon]:
-    proc = await asyncio.create_subprocess_exec(
-        *GATEWAY,
-        "run",
-        "-c",
-        str(config),
-        env={**os.environ, **env},
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    d = Daemon(proc)
-    try:
-        started = await d.wait_log("gateway started")
-        d.port = started["http_port"]
-        yield d
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
 
 
 async def test_daemon_lifecycle(db_target: DbTarget, tmp_path: Path, notify_socket: socket.socket) -> None:
