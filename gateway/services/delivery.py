@@ -3,7 +3,7 @@
 (Submitting is :mod:`gateway.services.sms_submit`; mobile-originated messages go on to
 :mod:`gateway.services.inbound`.)
 
-Message status from its parts (:func:`settle`): any part ``failed`` -> failed (credits for parts
+Message status from its parts (:func:`settle_many`): any part ``failed`` -> failed (credits for parts
 the SMSC never accepted come back); every part ``delivered`` -> delivered; nothing left
 ``pending`` -> sent.
 """
@@ -247,11 +247,6 @@ async def apply_receipts(
         )
     await repo.update_parts(conn, changes)  # in order: a later receipt for a part wins
     return found
-
-
-async def settle(conn: AsyncConnection, message_id: str, now: datetime) -> None:
-    """:func:`settle_many` for one message."""
-    await settle_many(conn, [message_id], now)
 
 
 async def settle_many(conn: AsyncConnection, message_ids: Collection[str], now: datetime) -> None:
