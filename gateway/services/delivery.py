@@ -321,9 +321,15 @@ def sms_status_event(
     }
 
 
+_RECEIPT_FIELDS = tuple(f.name for f in dataclasses.fields(Receipt))
+
+
 def _receipt_json(r: Receipt) -> dict[str, Any]:
-    data = dataclasses.asdict(r)
+    # Flat fields: a plain read instead of dataclasses.asdict's deep copy of each value.
+    data = {name: getattr(r, name) for name in _RECEIPT_FIELDS}
     data["state"] = r.state.value
+    if r.network_error is not None:
+        data["network_error"] = list(r.network_error)
     return data
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Literal
 
 import pytest
@@ -17,6 +18,7 @@ from gateway.domain.receipts import (
     normalize_message_id,
     parse_receipt,
 )
+from gateway.services.delivery import _receipt_from_json, _receipt_json
 
 DELIVERED, FAILED, INTERIM = ReceiptState.DELIVERED, ReceiptState.FAILED, ReceiptState.INTERIM
 Tlvs = dict[str, int | bytes | str]
@@ -377,3 +379,28 @@ def test_as_is_strips_nuls_and_whitespace_in_any_mix() -> None:
     # Found by the property above: one kind of strip after the other left "0\x00".
     assert normalize_message_id("0\x00\x1f", "as_is", source="resp") == "0"
     assert normalize_message_id("\x1f\x00 AbC\x00\u2003\x00", "as_is", source="dlr") == "abc"
+
+
+# --- a parked receipt's stored form -----------------------------------------------------------
+
+_opt_text = st.none() | st.text(max_size=20)
+
+
+@given(
+    st.builds(
+        Receipt,
+        message_id=st.text(min_size=1, max_size=20),
+        id_source=st.sampled_from(["tlv", "text"]),
+        state=st.sampled_from(list(ReceiptState)),
+        stat=st.text(max_size=8),
+        reason=_opt_text,
+        err=_opt_text,
+        network_error=st.none() | st.tuples(st.integers(0, 255), st.integers(0, 65535)),
+        submit_date=_opt_text,
+        done_date=_opt_text,
+        text=_opt_text,
+    )
+)
+def test_a_parked_receipt_comes_back_from_its_json_unchanged(receipt: Receipt) -> None:
+    """Parked receipts are stored as JSON and rebuilt when their part's id arrives."""
+    assert _receipt_from_json(json.loads(json.dumps(_receipt_json(receipt)))) == receipt
