@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -239,6 +240,53 @@ async def test_receipts_arriving_together_settle_each_message_once(
                 break
             query = f"?limit=200&after={page['next']}"
         assert delivered == {m["id"]: 1 for m in sent}
+
+
+async def test_two_daemons_share_the_receipts_of_one_message(
+    db_target: DbTarget, tmp_path: Path, sim: SmscSimulator
+) -> None:
+    """Two daemons on one database, each with its own bind: the SMSC hands out receipts round
+    robin, so the two parts of a message are reported to different daemons at the same moment.
+    Each message still ends delivered with exactly one "delivered" event (the message lock), and
+    concurrent receipt batches do not deadlock."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    async with gateway(db_target, tmp_path / "a", sim) as a, gateway(db_target, tmp_path / "b", sim) as b:
+        await sim.wait_bound(2, timeout=10)
+        auth = await a.tenant("Two daemons")
+        for i in range(20):
+            await a.contact(auth, f"c{i}", f"+485001004{i:02d}")
+        sim.receipt_delay = 0.3  # the receipts of the burst arrive together
+        long_text = "Samochod gotowy, prosimy o odbior w godzinach pracy warsztatu. " * 3  # 2 parts
+        sent = await asyncio.gather(
+            *((a if i % 2 else b).send(auth, contact_id=f"c{i}", text=long_text) for i in range(20))
+        )
+        assert all(m["sms"]["parts"] == 2 for m in sent)
+        for m in sent:
+            await a.wait_status(auth, m["id"], {"delivered"})
+        delivered: Counter[str] = Counter()
+        query = "?limit=200"
+        while True:
+            status, page = await b.call("GET", "/v1/events" + query, _h(auth))
+            assert status == 200, page
+            delivered.update(
+                e["data"]["message_id"]
+                for e in page["events"]
+                if e["type"] == "message.status" and e["data"]["status"] == "delivered"
+            )
+            if not page["events"]:
+                break
+            query = f"?limit=200&after={page['next']}"
+        assert delivered == Counter({m["id"]: 1 for m in sent})
+        for gw in (a, b):  # both daemons took receipts
+            async with gw.http.get(gw.base + "/metrics") as resp:
+                metrics = await resp.text()
+            matched = next(
+                float(line.split()[-1])
+                for line in metrics.splitlines()
+                if line.startswith('gateway_sms_receipts{result="matched"}')
+            )
+            assert matched > 0
 
 
 async def test_sar_connector_sends_tlvs_instead_of_a_udh(
