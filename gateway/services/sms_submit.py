@@ -205,34 +205,24 @@ class SmsSubmitter:
             if keys:
                 # Receipts that arrived before we stored these ids were parked; take them now.
                 needs_settle |= await apply_parked_for(conn, keys, now)
-            sent: list[str] = []
+            sent: list[dict[str, Any]] = []
             for message in rows:
-                message_id = message["id"]
-                if message_id in needs_settle:
+                if message["id"] in needs_settle:
                     continue
-                statuses = {
-                    p["status"]
-                    for p in parts.get(message_id, [])
-                    if p["part_no"] not in _touched(by_message, message_id)
-                }
-                statuses |= {_new_status(r) for _, r in by_message.get(message_id, [])}
+                outcomes = by_message.get(message["id"], [])
+                touched = {part["part_no"] for part, _ in outcomes}
+                statuses = {p["status"] for p in parts.get(message["id"], []) if p["part_no"] not in touched}
+                statuses |= {_new_status(r) for _, r in outcomes}
                 if "pending" not in statuses and "retry" not in statuses:
-                    sent.append(message_id)
+                    sent.append(message)
             await settle_many(conn, needs_settle, now)
             if sent:
-                await run(conn, _MARK_SENT, {"ids": sent, "now": now})
-                await add_event_rows(
-                    conn,
-                    [sms_status_event(m, "sent", now) for m in rows if m["id"] in set(sent)],
-                )
+                await run(conn, _MARK_SENT, {"ids": [m["id"] for m in sent], "now": now})
+                await add_event_rows(conn, [sms_status_event(m, "sent", now) for m in sent])
 
         if by_message or rows:
             await self.db.write_outcome(record)  # these parts went out: a failed write would resend them
         return retry
-
-
-def _touched(by_message: dict[str, list[tuple[dict[str, Any], SubmitResult]]], message_id: str) -> set[int]:
-    return {part["part_no"] for part, _ in by_message.get(message_id, [])}
 
 
 def _new_status(result: SubmitResult) -> str:
