@@ -236,16 +236,13 @@ async def insert_message(conn: AsyncConnection, values: dict[str, Any] | list[di
 
 _GET_MESSAGE = sa.select(messages).where(messages.c.id == sa.bindparam("m_id"))
 _GET_TENANT_MESSAGE = _GET_MESSAGE.where(messages.c.tenant_id == sa.bindparam("t_id"))
-_GET_PARTS = (
-    sa.select(sms_parts).where(sms_parts.c.message_id == sa.bindparam("m_id")).order_by(sms_parts.c.part_no)
-)
-# No .values(): the parameters given at execution say which columns are SET (compiled once per set).
 _GET_MESSAGES = sa.select(messages).where(messages.c.id.in_(sa.bindparam("m_ids", expanding=True)))
 _GET_PARTS_OF = (
     sa.select(sms_parts)
     .where(sms_parts.c.message_id.in_(sa.bindparam("m_ids", expanding=True)))
     .order_by(sms_parts.c.message_id, sms_parts.c.part_no)
 )
+# No .values(): the parameters given at execution say which columns are SET (compiled once per set).
 _SET_STATUS = sa.update(messages).where(messages.c.id == sa.bindparam("b_id"))
 _SET_STATUS_FROM = _SET_STATUS.where(messages.c.status.in_(sa.bindparam("b_from", expanding=True)))
 _UPDATE_PART = sa.update(sms_parts).where(
@@ -262,7 +259,8 @@ async def get_message(
 
 
 async def get_parts(conn: AsyncConnection, message_id: str) -> list[dict[str, Any]]:
-    return await fetch(conn, _GET_PARTS, {"m_id": message_id})
+    """The message's SMS parts in order (:func:`get_parts_of` for one)."""
+    return (await get_parts_of(conn, [message_id])).get(message_id, [])
 
 
 async def get_messages(conn: AsyncConnection, message_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
