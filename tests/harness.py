@@ -35,7 +35,7 @@ class Daemon:
         self.lines: list[dict[str, Any]] = []
         self._seen = 0  # wait_log looks at the lines after the last one it returned
         self._more = asyncio.Event()
-        self._reader = asyncio.create_task(self._read())
+        self.reader = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
         assert self.proc.stderr is not None
@@ -57,20 +57,27 @@ class Daemon:
                     self._seen += 1
                     if line.get("msg") == msg:
                         return line
-                if self._reader.done():
+                if self.reader.done():
                     raise AssertionError(f"daemon exited before logging {msg!r}: {self.lines[-5:]}")
                 self._more.clear()
                 await self._more.wait()
+
+    async def kill(self) -> None:
+        """SIGKILL it if it still runs; wait for it and for the rest of its log."""
+        if self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.reader, 5)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
 
-@contextlib.asynccontextmanager
-async def daemon(config: Path, env: Mapping[str, str]) -> AsyncIterator[Daemon]:
-    """``gateway run -c config`` as a child process until the block ends (then killed, if it is
-    still running); entered once it logged "gateway started"."""
+async def start_gateway(config: Path, env: Mapping[str, str], *, timeout: float = START_TIMEOUT) -> Daemon:
+    """``gateway run -c config`` as a child process (JSON logs, the default), returned once it
+    logged "gateway started"; killed if it does not within ``timeout``."""
     proc = await asyncio.create_subprocess_exec(
         *GATEWAY,
         "run",
@@ -82,15 +89,22 @@ async def daemon(config: Path, env: Mapping[str, str]) -> AsyncIterator[Daemon]:
     )
     d = Daemon(proc)
     try:
-        started = await d.wait_log("gateway started")
-        d.port = started["http_port"]
+        started = await d.wait_log("gateway started", timeout)
+    except BaseException:
+        await d.kill()
+        raise
+    d.port = int(started["http_port"])
+    return d
+
+
+@contextlib.asynccontextmanager
+async def daemon(config: Path, env: Mapping[str, str]) -> AsyncIterator[Daemon]:
+    """:func:`start_gateway` until the block ends (then killed, if it is still running)."""
+    d = await start_gateway(config, env)
+    try:
         yield d
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(d._reader, 5)
+        await d.kill()
 
 
 @contextlib.asynccontextmanager

@@ -5,8 +5,6 @@ sys.path, because tests/perf/queue.py would shadow the stdlib queue module there
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import os
 import secrets
 import shutil
@@ -15,6 +13,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from harness import start_gateway
 from sqlalchemy import text
 
 from gateway.storage.db import make_engine
@@ -105,29 +104,12 @@ async def drop_database(schema: str) -> None:
 
 
 async def start_daemon(config: Path) -> tuple[asyncio.subprocess.Process, int, asyncio.Task[None]]:
-    """``gateway run -c config`` with JSON logs; returns once it logged "gateway started" (30 s at
-    most): the process, its HTTP port, and the task that keeps reading its log."""
-    proc = await asyncio.create_subprocess_exec(
-        str(ROOT / ".venv/bin/gateway"), "run", "-c", str(config),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "GATEWAY_DAEMON__LOG_FORMAT": "json", "GATEWAY_DAEMON__LOG_LEVEL": "INFO"},
-    )  # fmt: skip
-    assert proc.stderr is not None
-    try:
-        async with asyncio.timeout(30):
-            while True:
-                line = await proc.stderr.readline()
-                if not line:
-                    raise RuntimeError("daemon exited before it started")
-                rec = json.loads(line)
-                if rec.get("msg") == "gateway started":
-                    port = int(rec["http_port"])
-                    break
-    except BaseException:
-        proc.kill()
-        await proc.wait()
-        raise
-    return proc, port, asyncio.create_task(_drain(proc.stderr))
+    """``gateway run -c config`` with JSON logs at INFO; returns once it logged "gateway started"
+    (30 s at most): the process, its HTTP port, and the task that keeps reading its log."""
+    env = {"GATEWAY_DAEMON__LOG_FORMAT": "json", "GATEWAY_DAEMON__LOG_LEVEL": "INFO"}
+    d = await start_gateway(config, env, timeout=30)
+    assert d.port is not None
+    return d.proc, d.port, d.reader
 
 
 async def stop_daemon(proc: asyncio.subprocess.Process) -> None:
@@ -187,9 +169,3 @@ async def bounded(
             await fn(i)
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-
-
-async def _drain(stream: asyncio.StreamReader) -> None:
-    with contextlib.suppress(Exception):
-        while await stream.readline():
-            pass
