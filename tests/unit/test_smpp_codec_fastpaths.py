@@ -22,18 +22,22 @@ from gateway.smpp.types import SubmitPart
 
 _ADDR = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=20)
 _OCTET = st.integers(0, 255)
+# Optional parameters both submit_sm and deliver_sm/data_sm carry.
+_SHARED_TLVS: dict[str, st.SearchStrategy[Any]] = {
+    "user_message_reference": st.integers(0, 0xFFFF),
+    "sar_msg_ref_num": st.integers(0, 0xFFFF),
+    "sar_total_segments": _OCTET,
+    "sar_segment_seqnum": _OCTET,
+    "source_port": st.integers(0, 0xFFFF),
+    "language_indicator": _OCTET,
+}
 _TLVS = st.fixed_dictionaries(
     {},
     optional={
-        "user_message_reference": st.integers(0, 0xFFFF),
-        "sar_msg_ref_num": st.integers(0, 0xFFFF),
-        "sar_total_segments": _OCTET,
-        "sar_segment_seqnum": _OCTET,
-        "source_port": st.integers(0, 0xFFFF),
+        **_SHARED_TLVS,
         "destination_port": st.integers(0, 0xFFFF),
         "payload_type": _OCTET,
         "privacy_indicator": _OCTET,
-        "language_indicator": _OCTET,
         "ms_validity": _OCTET,
         "callback_num": st.binary(min_size=4, max_size=19),
         "its_session_info": st.integers(0, 0xFFFF),
@@ -62,13 +66,18 @@ def parts(draw: st.DrawFn) -> SubmitPart:
     )
 
 
+def plain_pdu(command: str, sequence: int, fields: dict[str, Any]) -> bytes:
+    """smpplib's bytes the plain way: ``make_pdu(...).generate()``."""
+    pdu = smpplib.smpp.make_pdu(command, client=SequenceGenerator(), sequence=sequence, **fields)
+    pdu.sequence = sequence
+    return bytes(pdu.generate())
+
+
 def smpplib_bytes(part: SubmitPart, sequence: int) -> bytes:
     """The fields encode_submit_sm hands smpplib, built the plain way."""
     fields, vendor = codec.submit_sm_fields(part)
     assert not vendor  # the strategy draws standard TLVs only
-    pdu = smpplib.smpp.make_pdu("submit_sm", client=SequenceGenerator(), sequence=sequence, **fields)
-    pdu.sequence = sequence
-    return bytes(pdu.generate())
+    return plain_pdu("submit_sm", sequence, fields)
 
 
 @settings(max_examples=300, deadline=None)
@@ -89,14 +98,9 @@ def test_the_same_bytes_as_smpplibs_make_pdu(batch: list[SubmitPart], sequence: 
 _DELIVER_TLVS = st.fixed_dictionaries(
     {},
     optional={
-        "user_message_reference": st.integers(0, 0xFFFF),
-        "sar_msg_ref_num": st.integers(0, 0xFFFF),
-        "sar_total_segments": _OCTET,
-        "sar_segment_seqnum": _OCTET,
+        **_SHARED_TLVS,
         "receipted_message_id": st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=20),
         "message_state": _OCTET,
-        "language_indicator": _OCTET,
-        "source_port": st.integers(0, 0xFFFF),
     },
 )
 
@@ -118,10 +122,7 @@ def inbound_pdus(draw: st.DrawFn) -> bytes:
     else:
         fields.pop("language_indicator", None)
         fields["message_payload"] = draw(st.binary(max_size=260))
-    sequence = draw(st.integers(1, 0x7FFFFFFF))
-    pdu = smpplib.smpp.make_pdu(command, client=SequenceGenerator(), sequence=sequence, **fields)
-    pdu.sequence = sequence
-    return bytes(pdu.generate())
+    return plain_pdu(command, draw(st.integers(1, 0x7FFFFFFF)), fields)
 
 
 _AT = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
